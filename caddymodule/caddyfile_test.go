@@ -1,0 +1,129 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/sitegate/sitegate/upstream/emulator"
+)
+
+func TestEmulatorCaddyfile(t *testing.T) {
+	h := httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser(`identity_emulator {
+		api_key {env.FABRIC_API_KEY}
+		user demo demo-password account 5f689caa4216e7000750d1ef
+		user ops {env.OPS_PASSWORD} {
+			account 614bacaa4a74a70009d69d33
+			id 0123456789abcdef01234567
+			name Olive Ops
+			email ops@acme.example
+			roles admin customer
+			deactivated
+		}
+		client sysapp {env.SYSAPP_SECRET}
+		client spa {
+			redirect_uri http://127.0.0.1:8080/.sitegate/callback http://localhost:8080/cb
+		}
+		access_lifetime 2m
+		refresh_lifetime 1d
+		client_token_lifetime 90s
+		keep_refresh_tokens
+		audience api://sitegate
+		issuer http://127.0.0.1:8090
+		schema_shapes
+	}`)}
+	mh, err := parseEmulator(h)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	got := string(caddyconfig.JSON(mh, nil))
+	// Durations adapt to nanoseconds; placeholders stay unresolved until Provision.
+	want := `{"api_key":"{env.FABRIC_API_KEY}",` +
+		`"users":[{"username":"demo","password":"demo-password","account":"5f689caa4216e7000750d1ef"},` +
+		`{"username":"ops","password":"{env.OPS_PASSWORD}","account":"614bacaa4a74a70009d69d33","id":"0123456789abcdef01234567","first_name":"Olive","last_name":"Ops","email":"ops@acme.example","roles":["admin","customer"],"deactivated":true}],` +
+		`"clients":[{"id":"sysapp","secret":"{env.SYSAPP_SECRET}"},{"id":"spa","redirect_uris":["http://127.0.0.1:8080/.sitegate/callback","http://localhost:8080/cb"]}],` +
+		`"access_lifetime":120000000000,"refresh_lifetime":86400000000000,"client_token_lifetime":90000000000,` +
+		`"keep_refresh_tokens":true,"audience":"api://sitegate","issuer":"http://127.0.0.1:8090","schema_shapes":true}`
+	if got != want {
+		t.Errorf("adapted JSON\n got: %s\nwant: %s", got, want)
+	}
+}
+
+// TestEmulatorCaddyfileErrors checks that bad config is refused with the file and line.
+func TestEmulatorCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, want string
+		line             int
+	}{
+		{"unknown option", "colour blue", `unrecognized identity_emulator option "colour"`, 3},
+		{"user without password", "user demo", `user "demo" needs a password`, 3},
+		{"user without name", "user", `user needs a username and a password`, 3},
+		{"inline junk after password", "user demo pw acct 1", `user "demo": expected 'account <id>' after the password, got "acct"`, 3},
+		{"unknown user option", "user demo pw {\n\t\tcolour blue\n\t}", `unrecognized user option "colour"`, 4},
+		{"name with three parts", "user demo pw {\n\t\tname a b c\n\t}", `name takes a first name and optionally a last name`, 4},
+		{"client without id", "client", `client needs an id`, 3},
+		{"client with extra args", "client a b c", `wrong argument count or unexpected line ending after 'c'`, 3},
+		{"unknown client option", "client a {\n\t\tscope s2s\n\t}", `unrecognized client option "scope"`, 4},
+		{"bad duration", "access_lifetime soon", `access_lifetime: bad duration "soon"`, 3},
+		{"zero duration", "refresh_lifetime 0s", `refresh_lifetime: duration must be positive, got "0s"`, 3},
+		{"flag with argument", "keep_refresh_tokens yes", `wrong argument count or unexpected line ending after 'yes'`, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := "http://:8090 {\n\tidentity_emulator {\n\t" + tc.body + "\n\t}\n}\n"
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
+			at := fmt.Sprintf(", at Caddyfile:%d", tc.line)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasSuffix(err.Error(), at) {
+				t.Fatalf("error %v, want it to contain %q and end with %q", err, tc.want, at)
+			}
+		})
+	}
+}
+
+// TestEmulatorProvision checks placeholder resolution and that an unset variable fails loudly
+// instead of seeding an empty secret.
+func TestEmulatorProvision(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+
+	t.Setenv("SITEGATE_TEST_PASSWORD", "from-env")
+	m := &IdentityEmulator{Users: []emulator.User{{Username: "demo", Password: "{env.SITEGATE_TEST_PASSWORD}"}}}
+	if err := m.Provision(ctx); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	login := httptest.NewRequest("POST", "/api-commerceIdentity/auth/local/login", strings.NewReader(`{"username":"demo","password":"from-env"}`))
+	login.Header.Set("Content-Type", "application/json")
+	login.Header.Set("x-site-context", `{"account":"5f689caa4216e7000750d1ef"}`)
+	rec := httptest.NewRecorder()
+	m.emulator.ServeHTTP(rec, login)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("login with the password from the environment: %d %s", rec.Code, rec.Body)
+	}
+
+	m = &IdentityEmulator{APIKey: "{env.SITEGATE_TEST_UNSET}"}
+	err := m.Provision(ctx)
+	if err == nil || !strings.Contains(err.Error(), "api_key") {
+		t.Fatalf("provision with an unset variable: %v, want an api_key error", err)
+	}
+
+	m = &IdentityEmulator{Users: []emulator.User{{Username: "demo", Password: "pw", Account: "short"}}}
+	if err := m.Provision(ctx); err == nil || !strings.Contains(err.Error(), "24-character") {
+		t.Fatalf("provision with a bad account: %v, want a 24-character error", err)
+	}
+
+	var neg IdentityEmulator
+	if err := json.Unmarshal([]byte(`{"access_lifetime":-1}`), &neg); err != nil {
+		t.Fatal(err)
+	}
+	if err := neg.Validate(); err == nil {
+		t.Fatal("a negative lifetime validated")
+	}
+}
