@@ -196,7 +196,7 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	h.ServeHTTP(w, r)
+	e.mux.ServeHTTP(w, r) // sets the path values that Handler does not
 }
 
 // statusProbe records the status the mux would answer for an unmatched request.

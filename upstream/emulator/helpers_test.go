@@ -45,9 +45,15 @@ func newServer(t *testing.T, cfg Config) (*Emulator, string) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	return e, newHTTPServer(t, e)
+}
+
+// newHTTPServer serves e on a loopback httptest server and returns its URL.
+func newHTTPServer(t *testing.T, e *Emulator) string {
+	t.Helper()
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
-	return e, srv.URL
+	return srv.URL
 }
 
 // noRedirect is a client that returns redirects instead of following them.
