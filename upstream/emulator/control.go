@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -113,12 +114,13 @@ func (c *control) reused() {
 	c.mu.Unlock()
 }
 
-// effects returns what the faults matching name do to this call, and counts it against them.
-func (c *control) effects(name string) (latency time.Duration, terminal *Fault) {
+// effects returns what the faults matching any of a call's names do to it, and counts the call
+// once against each of them.
+func (c *control) effects(names []string) (latency time.Duration, terminal *Fault) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, f := range c.faults {
-		if !f.matches(name) {
+		if !slices.ContainsFunc(names, f.matches) {
 			continue
 		}
 		f.seen++
@@ -135,9 +137,10 @@ func (c *control) effects(name string) (latency time.Duration, terminal *Fault) 
 	return latency, terminal
 }
 
-// applyFaults applies the faults for endpoint name. It reports whether the call was answered.
-func (e *Emulator) applyFaults(w http.ResponseWriter, r *http.Request, d dialect, name string) bool {
-	latency, f := e.control.effects(name)
+// applyFaults applies the faults for a call of the named endpoint (and sub-endpoint). It reports
+// whether the call was answered.
+func (e *Emulator) applyFaults(w http.ResponseWriter, r *http.Request, d dialect, names []string) bool {
+	latency, f := e.control.effects(names)
 	if latency > 0 {
 		t := time.NewTimer(latency)
 		select {
@@ -155,7 +158,7 @@ func (e *Emulator) applyFaults(w http.ResponseWriter, r *http.Request, d dialect
 	case f.Status != 0:
 		failStatus(w, d, f.Status)
 	default:
-		reject(w, d, name)
+		reject(w, d, names[len(names)-1])
 	}
 	return true
 }
@@ -182,7 +185,11 @@ func reject(w http.ResponseWriter, d dialect, name string) {
 		fail(w, d, http.StatusUnauthorized, "UNAUTHORIZED", "Invalid token")
 	case d == dialectUMS:
 		fail(w, d, http.StatusUnauthorized, "UNAUTHORIZED", "Invalid token")
-	case d == dialectOAuth2 && strings.HasPrefix(name, "oauth2.token"):
+	case name == "oauth2.token.client_credentials":
+		fail(w, d, http.StatusUnauthorized, "invalid_client", "Client authentication failed.")
+	case name == "oauth2.token.authorization_code":
+		fail(w, d, http.StatusBadRequest, "invalid_grant", "The authorization code is invalid or has expired.")
+	case strings.HasPrefix(name, "oauth2.token"):
 		fail(w, d, http.StatusBadRequest, "invalid_grant", "The refresh token is invalid or expired.")
 	case d == dialectOAuth2:
 		fail(w, d, http.StatusUnauthorized, "invalid_token", "The access token is invalid.")

@@ -212,10 +212,25 @@ func (p *statusProbe) WriteHeader(status int)      { p.status = status }
 // route registers h for pattern under an endpoint name. Every call is counted under that name,
 // then the faults switched on for it are applied, then h runs.
 func (e *Emulator) route(pattern, name string, d dialect, h http.HandlerFunc) {
+	e.routeSub(pattern, name, d, nil, h)
+}
+
+// routeSub is route for an endpoint whose calls also belong to a sub-endpoint, named
+// name + "." + sub(w, r) (the token endpoint's grant types: "oauth2.token.refresh_token"). A call
+// counts under both names, and a fault that matches either applies once.
+func (e *Emulator) routeSub(pattern, name string, d dialect, sub func(http.ResponseWriter, *http.Request) string, h http.HandlerFunc) {
 	e.endpoints[name] = true
 	e.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		e.control.count(name)
-		if e.applyFaults(w, r, d, name) {
+		names := []string{name}
+		if sub != nil {
+			if s := sub(w, r); s != "" {
+				names = append(names, name+"."+s)
+			}
+		}
+		for _, n := range names {
+			e.control.count(n)
+		}
+		if e.applyFaults(w, r, d, names) {
 			return
 		}
 		h(w, r)

@@ -267,3 +267,9 @@ func addFault(t *testing.T, base string, f Fault) {
 	t.Helper()
 	call{method: "POST", path: ControlPrefix + "faults", body: f}.do(t, base).want(t, http.StatusCreated)
 }
+
+// setClock shifts the emulator's clock by skew (a Go duration such as "45m").
+func setClock(t *testing.T, base, skew string) {
+	t.Helper()
+	call{method: "PUT", path: ControlPrefix + "clock", body: map[string]string{"skew": skew}}.do(t, base).want(t, http.StatusOK)
+}

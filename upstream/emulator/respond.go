@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // dialect selects the error shape of an endpoint family.
@@ -24,6 +25,9 @@ const (
 	// dialectECE answers ECE's BasicFailedReply with an x-cloud-error-codes header.
 	dialectECE
 )
+
+// timestamp formats t as fabric's documents do: RFC 3339, UTC, milliseconds.
+func timestamp(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
 // maxBody caps request bodies; identity requests are small.
 const maxBody = 64 << 10

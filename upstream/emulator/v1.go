@@ -185,9 +185,6 @@ func (e *Emulator) v1User(sc siteContext, id string) (*user, error) {
 	return u, nil
 }
 
-// v1Time formats t as the seeds do: RFC 3339, UTC, milliseconds.
-func v1Time(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
-
 // v1Name is a user's name as the seeds spell it.
 type v1Name struct {
 	First  string `json:"first"`
@@ -361,7 +358,7 @@ func (e *Emulator) v1Reset(r *http.Request, sc siteContext) (any, error) {
 	// [EMU] The token is a JWT, as in the seed example (public test code shows 24-hex values).
 	t := e.mint(jwt.MapClaims{"id": u.id, "kind": "RESET_PASSWORD", "iat": now.Unix(), "exp": exp.Unix()},
 		token{kind: kindReset, userID: u.id, exp: exp})
-	return v1ResetToken{Token: t, Kind: "RESET_PASSWORD", ExpiresAt: v1Time(exp), UserID: u.id, Name: name, Email: email}, nil
+	return v1ResetToken{Token: t, Kind: "RESET_PASSWORD", ExpiresAt: timestamp(exp), UserID: u.id, Name: name, Email: email}, nil
 }
 
 // v1PasswordBody is the body of update password (tokenOnly) and change password. [EMU] Change
@@ -477,10 +474,10 @@ type v1UserProvider struct {
 func (e *Emulator) v1UserObject(u *user, sc siteContext) v1UserResponse {
 	var lastLogin *string
 	if !u.lastLogin.IsZero() {
-		s := v1Time(u.lastLogin)
+		s := timestamp(u.lastLogin)
 		lastLogin = &s
 	}
-	created := v1Time(u.created)
+	created := timestamp(u.created)
 	return v1UserResponse{
 		IsActive:         u.active,
 		RegistrationDate: created,
@@ -501,7 +498,7 @@ func (e *Emulator) v1UserObject(u *user, sc siteContext) v1UserResponse {
 			RegistrationDate: created, LastLoginDate: lastLogin,
 		}},
 		CreatedAt: created,
-		UpdatedAt: v1Time(u.updated),
+		UpdatedAt: timestamp(u.updated),
 	}
 }
 

@@ -61,12 +61,6 @@ func v1Claims(t *testing.T, raw any) map[string]any {
 	return claims
 }
 
-// v1SetClock shifts the emulator's clock by skew (a Go duration).
-func v1SetClock(t *testing.T, base, skew string) {
-	t.Helper()
-	call{method: "PUT", path: ControlPrefix + "clock", body: map[string]string{"skew": skew}}.do(t, base).want(t, http.StatusOK)
-}
-
 // v1PatchUser changes a user through the control API ({"active": false} deactivates).
 func v1PatchUser(t *testing.T, base, username string, body any) {
 	t.Helper()
@@ -312,7 +306,7 @@ func TestV1Refresh(t *testing.T) {
 	origExp := v1Claims(t, first)["exp"]
 
 	// An hour later, refresh: new tokens, the refresh token keeps the original expiry.
-	v1SetClock(t, base, "1h")
+	setClock(t, base, "1h")
 	next := v1RefreshWith(t, base, first).want(t, http.StatusOK).object(t)
 	if next["accessToken"] == si["accessToken"] || next["refreshToken"] == first {
 		t.Fatalf("refresh did not rotate: %v", next)
@@ -366,9 +360,9 @@ func TestV1Refresh(t *testing.T) {
 
 	t.Run("expired", func(t *testing.T) {
 		rt := v1LoginAs(t, base, "pat", "pat-password")["refreshToken"]
-		v1SetClock(t, base, "1082h") // 45 days and 2 hours: past the expiry of a token minted at +1h
+		setClock(t, base, "1082h") // 45 days and 2 hours: past the expiry of a token minted at +1h
 		v1RefreshWith(t, base, rt).wantError(t, http.StatusBadRequest, "LOCAL_AUTH_FAILED")
-		v1SetClock(t, base, "0s")
+		setClock(t, base, "0s")
 	})
 
 	t.Run("deactivated", func(t *testing.T) {
@@ -478,8 +472,8 @@ func TestV1PasswordReset(t *testing.T) {
 
 	t.Run("expired", func(t *testing.T) {
 		tok := issue(t)["token"]
-		v1SetClock(t, base, "61m")
-		defer v1SetClock(t, base, "0s")
+		setClock(t, base, "61m")
+		defer setClock(t, base, "0s")
 		update(map[string]any{"userId": pat.id, "resetToken": tok, "newPassword": "late"}).wantError(t, 401, "TOKEN_EXPIRED")
 	})
 
@@ -672,9 +666,9 @@ func TestV1GetUser(t *testing.T) {
 		do(t, base).wantError(t, 404, "USER_NOT_FOUND")
 	call{method: "GET", path: path, header: http.Header{"Authorization": {at}}}.do(t, base).wantError(t, 400, "BAD_REQUEST")
 
-	v1SetClock(t, base, "31m")
+	setClock(t, base, "31m")
 	get(at).wantError(t, 401, "TOKEN_EXPIRED")
-	v1SetClock(t, base, "0s")
+	setClock(t, base, "0s")
 	v1PatchUser(t, base, "pat", map[string]any{"active": false})
 	get(at).wantError(t, 401, "UNAUTHORIZED")
 }
