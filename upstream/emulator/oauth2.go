@@ -642,23 +642,32 @@ func (e *Emulator) tokenRecord(raw string) (token, bool) {
 	return *rec, true
 }
 
-// oauthRevoke revokes a token of the authenticated client. It answers 200 with an empty body
-// whatever the token, as Okta does, so that a client cannot probe for tokens. Revoking a refresh
-// token revokes every token of its grant.
-func (e *Emulator) oauthRevoke(w http.ResponseWriter, r *http.Request) {
-	if err := oauthForm(w, r); err != nil {
-		failOAuth(w, err)
-		return
+// clientTokenForm reads the form of a revoke or introspect request: the authenticated client and
+// the token it names. On a bad request it answers it and reports false.
+func (e *Emulator) clientTokenForm(w http.ResponseWriter, r *http.Request) (Client, string, bool) {
+	err := oauthForm(w, r)
+	var c Client
+	if err == nil {
+		c, err = e.authClient(r)
 	}
-	c, err := e.authClient(r)
 	if err == nil {
 		err = required("token", r.PostForm.Get("token"))
 	}
 	if err != nil {
 		failOAuth(w, err)
+		return Client{}, "", false
+	}
+	return c, r.PostForm.Get("token"), true
+}
+
+// oauthRevoke revokes a token of the authenticated client. It answers 200 with an empty body
+// whatever the token, as Okta does, so that a client cannot probe for tokens. Revoking a refresh
+// token revokes every token of its grant.
+func (e *Emulator) oauthRevoke(w http.ResponseWriter, r *http.Request) {
+	c, raw, ok := e.clientTokenForm(w, r)
+	if !ok {
 		return
 	}
-	raw := r.PostForm.Get("token")
 	if rec, ok := e.tokenRecord(raw); ok && rec.clientID == c.ID {
 		if rec.kind == kindOAuthRefresh {
 			e.revokeFamily(rec.family)
@@ -701,19 +710,10 @@ func (e *Emulator) oauthUserinfo(w http.ResponseWriter, r *http.Request) {
 // oauthIntrospect answers RFC 7662 introspection to any authenticated client. A refresh token
 // exchanged under rotation is inactive.
 func (e *Emulator) oauthIntrospect(w http.ResponseWriter, r *http.Request) {
-	if err := oauthForm(w, r); err != nil {
-		failOAuth(w, err)
+	_, raw, ok := e.clientTokenForm(w, r)
+	if !ok {
 		return
 	}
-	_, err := e.authClient(r)
-	if err == nil {
-		err = required("token", r.PostForm.Get("token"))
-	}
-	if err != nil {
-		failOAuth(w, err)
-		return
-	}
-	raw := r.PostForm.Get("token")
 	rec, err := e.check(raw, kindOAuthAccess, kindOAuthClient, kindOAuthID, kindOAuthRefresh)
 	if err != nil || rec.used {
 		writeJSON(w, http.StatusOK, map[string]any{"active": false})
