@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -10,9 +12,226 @@ import (
 )
 
 func init() {
+	httpcaddyfile.RegisterHandlerDirective("sitegate", parseSitegate)
+	// After basic_auth (so rate_limit, ordered before it, still throttles first), before
+	// request_header, encode, handle and reverse_proxy.
+	httpcaddyfile.RegisterDirectiveOrder("sitegate", httpcaddyfile.After, "basic_auth")
 	httpcaddyfile.RegisterHandlerDirective("identity_emulator", parseEmulator)
 	// A terminal handler, like file_server: it answers everything it is given.
 	httpcaddyfile.RegisterDirectiveOrder("identity_emulator", httpcaddyfile.After, "acme_server")
+}
+
+func parseSitegate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the gateway from Caddyfile tokens. Syntax:
+//
+//	sitegate [<matcher>] {
+//	    anonymous
+//
+//	    issuer     <url>
+//	    audience   <aud...>
+//	    algorithms <alg...>
+//	    leeway     <duration>
+//	    jwks       <url...>
+//	    discovery  <issuer url>
+//	    public_key <pem file...>
+//	    jwks_refresh <duration>
+//
+//	    introspect <url> [{
+//	        header         <name> <value>
+//	        max_ttl        <duration>
+//	        failure_ttl    <duration>
+//	        max_concurrent <n>
+//	    }]
+//
+//	    site_context {
+//	        account       <id>
+//	        account_claim <claim>
+//	        channel       <n>
+//	        stage         <name>
+//	        date          now
+//	        allow_client  <channel|stage|date...>
+//	        fabric_v3_headers
+//	    }
+//
+//	    identity_header <name> <value>
+//	    use_handle_errors
+//	}
+//
+// audience, algorithms, jwks, public_key and allow_client accumulate; identity_header and
+// header repeat. Placeholders in URLs and introspection headers ({env.API_KEY}) are resolved
+// when the config loads.
+func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "anonymous":
+			err = flag(d, &m.Anonymous)
+		case "issuer":
+			err = oneArg(d, &m.Issuer)
+		case "audience":
+			err = someArgs(d, &m.Audiences)
+		case "algorithms":
+			err = someArgs(d, &m.Algorithms)
+		case "leeway":
+			err = parseDuration(d, &m.Leeway)
+		case "jwks":
+			err = someArgs(d, &m.JWKSURLs)
+		case "discovery":
+			err = oneArg(d, &m.Discovery)
+		case "public_key":
+			err = someArgs(d, &m.PublicKeyFiles)
+		case "jwks_refresh":
+			err = parseDuration(d, &m.JWKSRefresh)
+		case "introspect":
+			m.Introspection, err = parseIntrospection(d)
+		case "site_context":
+			m.SiteContext, err = parseSiteContext(d)
+		case "identity_header":
+			var name, value string
+			if !d.AllArgs(&name, &value) {
+				return d.Err("identity_header takes a header name and a value")
+			}
+			if m.IdentityHeaders == nil {
+				m.IdentityHeaders = map[string]string{}
+			}
+			if _, dup := m.IdentityHeaders[name]; dup {
+				return d.Errf("identity_header %s is set twice", name)
+			}
+			m.IdentityHeaders[name] = value
+		case "use_handle_errors":
+			err = flag(d, &m.UseHandleErrors)
+		default:
+			return d.Errf("unrecognized sitegate option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseIntrospection(d *caddyfile.Dispenser) (*Introspection, error) {
+	in := &Introspection{}
+	if !d.NextArg() {
+		return nil, d.Err("introspect needs the URL of an identity endpoint")
+	}
+	in.URL = d.Val()
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "header":
+			var name, value string
+			if !d.AllArgs(&name, &value) {
+				return nil, d.Err("header takes a name and a value")
+			}
+			if in.Headers == nil {
+				in.Headers = map[string]string{}
+			}
+			in.Headers[name] = value
+		case "max_ttl":
+			err = parseDuration(d, &in.MaxTTL)
+		case "failure_ttl":
+			err = parseDuration(d, &in.FailureTTL)
+		case "max_concurrent":
+			err = positiveInt(d, &in.MaxConcurrent)
+		default:
+			return nil, d.Errf("unrecognized introspect option %q", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return in, nil
+}
+
+func parseSiteContext(d *caddyfile.Dispenser) (*SiteContext, error) {
+	sc := &SiteContext{}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "account":
+			err = oneArg(d, &sc.Account)
+		case "account_claim":
+			err = oneArg(d, &sc.AccountClaim)
+		case "channel":
+			err = positiveInt(d, &sc.Channel)
+		case "stage":
+			err = oneArg(d, &sc.Stage)
+		case "date":
+			var v string
+			if err = oneArg(d, &v); err == nil && v != "now" {
+				err = d.Errf("date takes 'now', got %q", v)
+			}
+			sc.Date = true
+		case "allow_client":
+			err = someArgs(d, &sc.AllowClient)
+		case "fabric_v3_headers":
+			err = flag(d, &sc.FabricV3Headers)
+		default:
+			return nil, d.Errf("unrecognized site_context option %q", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return sc, nil
+}
+
+// flag reads an option that takes no argument.
+func flag(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
+	return nil
+}
+
+// oneArg reads an option that takes exactly one argument.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.AllArgs(dst) {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+// someArgs appends an option's one or more arguments.
+func someArgs(d *caddyfile.Dispenser, dst *[]string) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	*dst = append(*dst, args...)
+	return nil
+}
+
+// positiveInt reads an option's one positive integer argument.
+func positiveInt(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return d.Errf("%s takes a positive integer, got %q", name, s)
+	}
+	*dst = n
+	return nil
 }
 
 func parseEmulator(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -53,55 +272,39 @@ func (m *IdentityEmulator) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
+		var err error
 		switch d.Val() {
 		case "api_key":
-			if !d.AllArgs(&m.APIKey) {
-				return d.ArgErr()
-			}
+			err = oneArg(d, &m.APIKey)
 		case "user":
-			u, err := parseEmulatorUser(d)
-			if err != nil {
-				return err
+			var u emulator.User
+			if u, err = parseEmulatorUser(d); err == nil {
+				m.Users = append(m.Users, u)
 			}
-			m.Users = append(m.Users, u)
 		case "client":
-			c, err := parseEmulatorClient(d)
-			if err != nil {
-				return err
+			var c emulator.Client
+			if c, err = parseEmulatorClient(d); err == nil {
+				m.Clients = append(m.Clients, c)
 			}
-			m.Clients = append(m.Clients, c)
 		case "access_lifetime":
-			if err := parseDuration(d, &m.AccessLifetime); err != nil {
-				return err
-			}
+			err = parseDuration(d, &m.AccessLifetime)
 		case "refresh_lifetime":
-			if err := parseDuration(d, &m.RefreshLifetime); err != nil {
-				return err
-			}
+			err = parseDuration(d, &m.RefreshLifetime)
 		case "client_token_lifetime":
-			if err := parseDuration(d, &m.ClientTokenLifetime); err != nil {
-				return err
-			}
+			err = parseDuration(d, &m.ClientTokenLifetime)
 		case "keep_refresh_tokens":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			m.KeepRefreshTokens = true
+			err = flag(d, &m.KeepRefreshTokens)
 		case "audience":
-			if !d.AllArgs(&m.Audience) {
-				return d.ArgErr()
-			}
+			err = oneArg(d, &m.Audience)
 		case "issuer":
-			if !d.AllArgs(&m.Issuer) {
-				return d.ArgErr()
-			}
+			err = oneArg(d, &m.Issuer)
 		case "schema_shapes":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			m.SchemaShapes = true
+			err = flag(d, &m.SchemaShapes)
 		default:
 			return d.Errf("unrecognized identity_emulator option %q", d.Val())
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -124,15 +327,12 @@ func parseEmulatorUser(d *caddyfile.Dispenser) (emulator.User, error) {
 		u.Account = d.Val()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
 		switch d.Val() {
 		case "account":
-			if !d.AllArgs(&u.Account) {
-				return u, d.ArgErr()
-			}
+			err = oneArg(d, &u.Account)
 		case "id":
-			if !d.AllArgs(&u.ID) {
-				return u, d.ArgErr()
-			}
+			err = oneArg(d, &u.ID)
 		case "name":
 			args := d.RemainingArgs()
 			if len(args) < 1 || len(args) > 2 {
@@ -143,21 +343,16 @@ func parseEmulatorUser(d *caddyfile.Dispenser) (emulator.User, error) {
 				u.LastName = args[1]
 			}
 		case "email":
-			if !d.AllArgs(&u.Email) {
-				return u, d.ArgErr()
-			}
+			err = oneArg(d, &u.Email)
 		case "roles":
-			u.Roles = append(u.Roles, d.RemainingArgs()...)
-			if len(u.Roles) == 0 {
-				return u, d.ArgErr()
-			}
+			err = someArgs(d, &u.Roles)
 		case "deactivated":
-			if d.NextArg() {
-				return u, d.ArgErr()
-			}
-			u.Deactivated = true
+			err = flag(d, &u.Deactivated)
 		default:
 			return u, d.Errf("unrecognized user option %q", d.Val())
+		}
+		if err != nil {
+			return u, err
 		}
 	}
 	return u, nil
@@ -178,11 +373,9 @@ func parseEmulatorClient(d *caddyfile.Dispenser) (emulator.Client, error) {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch d.Val() {
 		case "redirect_uri":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return c, d.ArgErr()
+			if err := someArgs(d, &c.RedirectURIs); err != nil {
+				return c, err
 			}
-			c.RedirectURIs = append(c.RedirectURIs, args...)
 		default:
 			return c, d.Errf("unrecognized client option %q", d.Val())
 		}
@@ -210,4 +403,7 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	return nil
 }
 
-var _ caddyfile.Unmarshaler = (*IdentityEmulator)(nil)
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*IdentityEmulator)(nil)
+)

@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/sitegate/sitegate/upstream/emulator"
 )
@@ -125,5 +126,100 @@ func TestEmulatorProvision(t *testing.T) {
 	}
 	if err := neg.Validate(); err == nil {
 		t.Fatal("a negative lifetime validated")
+	}
+}
+
+func TestSitegateCaddyfile(t *testing.T) {
+	h := httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser(`sitegate {
+		issuer     http://127.0.0.1:8090/oauth2/default
+		audience   api://default api://other
+		algorithms RS256 ES256
+		leeway     45s
+		jwks       http://127.0.0.1:8090/oauth2/default/v1/keys
+		discovery  http://127.0.0.1:8090/oauth2/default
+		public_key /etc/keys/a.pem /etc/keys/b.pem
+		jwks_refresh 5m
+		introspect http://127.0.0.1:8090/ums/v2/users/self {
+			header x-api-key {env.FABRIC_API_KEY}
+			max_ttl 2m
+			failure_ttl 5s
+			max_concurrent 8
+		}
+		site_context {
+			account 5f689caa4216e7000750d1ef
+			account_claim tenant
+			channel 12
+			stage production
+			date now
+			allow_client channel date
+			fabric_v3_headers
+		}
+		identity_header X-User-Id {http.auth.user.id}
+		identity_header X-User-Account {http.auth.user.account}
+		use_handle_errors
+	}`)}
+	mh, err := parseSitegate(h)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	got := string(caddyconfig.JSON(mh, nil))
+	want := `{"issuer":"http://127.0.0.1:8090/oauth2/default","audiences":["api://default","api://other"],` +
+		`"algorithms":["RS256","ES256"],"leeway":45000000000,"jwks_urls":["http://127.0.0.1:8090/oauth2/default/v1/keys"],` +
+		`"discovery":"http://127.0.0.1:8090/oauth2/default","public_key_files":["/etc/keys/a.pem","/etc/keys/b.pem"],` +
+		`"jwks_refresh":300000000000,` +
+		`"introspection":{"url":"http://127.0.0.1:8090/ums/v2/users/self","headers":{"x-api-key":"{env.FABRIC_API_KEY}"},"max_ttl":120000000000,"failure_ttl":5000000000,"max_concurrent":8},` +
+		`"site_context":{"account":"5f689caa4216e7000750d1ef","account_claim":"tenant","channel":12,"stage":"production","date":true,"allow_client":["channel","date"],"fabric_v3_headers":true},` +
+		`"identity_headers":{"X-User-Account":"{http.auth.user.account}","X-User-Id":"{http.auth.user.id}"},"use_handle_errors":true}`
+	if got != want {
+		t.Errorf("adapted JSON\n got: %s\nwant: %s", got, want)
+	}
+
+	mh, err = parseSitegate(httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser("sitegate {\n anonymous\n}")})
+	if err != nil || string(caddyconfig.JSON(mh, nil)) != `{"anonymous":true}` {
+		t.Errorf("anonymous: %v %s", err, caddyconfig.JSON(mh, nil))
+	}
+}
+
+func TestSitegateCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, body, want string
+		line             int
+	}{
+		{"unknown option", "colour blue", `unrecognized sitegate option "colour"`, 3},
+		{"issuer without url", "issuer", "wrong argument count", 3},
+		{"audience without value", "audience", "wrong argument count", 3},
+		{"bad leeway", "leeway forever", `leeway: bad duration "forever"`, 3},
+		{"introspect without url", "introspect", "introspect needs the URL of an identity endpoint", 3},
+		{"unknown introspect option", "introspect http://x {\n\t\tcache 1m\n\t}", `unrecognized introspect option "cache"`, 4},
+		{"bad max_concurrent", "introspect http://x {\n\t\tmax_concurrent none\n\t}", `max_concurrent takes a positive integer, got "none"`, 4},
+		{"unknown site_context option", "site_context {\n\t\tsite acme\n\t}", `unrecognized site_context option "site"`, 4},
+		{"date other than now", "site_context {\n\t\tdate 2020-01-01\n\t}", `date takes 'now', got "2020-01-01"`, 4},
+		{"bad channel", "site_context {\n\t\tchannel US\n\t}", `channel takes a positive integer, got "US"`, 4},
+		{"identity header without value", "identity_header X-User-Id", "identity_header takes a header name and a value", 3},
+		{"identity header twice", "identity_header X-A a\n\tidentity_header X-A b", "identity_header X-A is set twice", 4},
+		{"flag with argument", "anonymous yes", "wrong argument count", 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := "http://:8080 {\n\tsitegate {\n\t" + tc.body + "\n\t}\n}\n"
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
+			at := fmt.Sprintf(", at Caddyfile:%d", tc.line)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasSuffix(err.Error(), at) {
+				t.Fatalf("error %v, want it to contain %q and end with %q", err, tc.want, at)
+			}
+		})
+	}
+}
+
+// TestSitegateDirectiveOrder checks that sitegate runs before reverse_proxy without an order
+// option, whatever the order it is written in.
+func TestSitegateDirectiveOrder(t *testing.T) {
+	cfg := "http://:8080 {\n\treverse_proxy 127.0.0.1:8091\n\tsitegate {\n\t\tanonymous\n\t}\n}\n"
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(out)
+	if i, j := strings.Index(s, `"handler":"sitegate"`), strings.Index(s, `"handler":"reverse_proxy"`); i < 0 || j < 0 || i > j {
+		t.Fatalf("sitegate does not come before reverse_proxy:\n%s", s)
 	}
 }

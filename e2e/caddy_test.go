@@ -54,6 +54,30 @@ func startCaddy(t *testing.T, caddyfile string) (logFile string) {
 	return logFile
 }
 
+// readLogs returns Caddy's log, less Caddy's own debug dump of the HTTP app's config ("adjusted
+// config"), which holds any secret written into the config literally (the README says to use
+// {env.*} placeholders). Everything else, and everything sitegate logs, must be free of secrets.
+func readLogs(t *testing.T, logFile string) string {
+	t.Helper()
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.Contains(line, `"msg":"adjusted config"`) {
+			logs.WriteString(line + "\n")
+		}
+	}
+	if logs.Len() < 1000 {
+		t.Fatalf("Caddy wrote %d bytes of logs; a scan would prove nothing", logs.Len())
+	}
+	return logs.String()
+}
+
+// sleep pauses a polling loop.
+func sleep() { time.Sleep(20 * time.Millisecond) }
+
 // readFile returns a file of the repository, relative to its root.
 func readFile(t *testing.T, name string) string {
 	t.Helper()

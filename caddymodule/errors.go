@@ -1,0 +1,82 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// apiError is an error sitegate answers itself, in fabric's APIError shape:
+// {"error": CODE, "code": "<status>", "message": …}. Messages are fixed texts: never a token, a
+// claim or anything else the client sent.
+type apiError struct {
+	status  int
+	code    string
+	message string
+	// outcome is the requests_total label.
+	outcome string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+// The gateway's errors (design.md, Errors).
+var (
+	errMissingCredentials = &apiError{http.StatusUnauthorized, "MISSING_CREDENTIALS", "A bearer token is required.", "missing_credentials"}
+	errInvalidToken       = &apiError{http.StatusUnauthorized, "INVALID_TOKEN", "The access token is invalid.", "invalid_token"}
+	errTokenExpired       = &apiError{http.StatusUnauthorized, "TOKEN_EXPIRED", "The access token has expired.", "token_expired"}
+	errUnsupportedScheme  = &apiError{http.StatusUnauthorized, "INVALID_TOKEN", "The Authorization scheme is not supported; use Bearer.", "invalid_token"}
+	errInvalidRequest     = &apiError{http.StatusBadRequest, "INVALID_REQUEST", "The Authorization header is malformed.", "invalid_request"}
+	errTwoCredentials     = &apiError{http.StatusBadRequest, "INVALID_REQUEST", "More than one credential was presented.", "invalid_request"}
+	errIdentityDown       = &apiError{http.StatusServiceUnavailable, "IDENTITY_UNAVAILABLE", "Identity cannot be reached to check the credentials; retry later.", "identity_unavailable"}
+)
+
+// siteContextError is a 400 or 403 about x-site-context; its message is the sitecontext package's
+// reason, which names no client data beyond account ids.
+func siteContextError(status int, err error) *apiError {
+	if status == http.StatusForbidden {
+		return &apiError{status, "ACCOUNT_MISMATCH", err.Error(), "account_mismatch"}
+	}
+	return &apiError{status, "INVALID_SITE_CONTEXT", err.Error(), "invalid_site_context"}
+}
+
+// retryAfter is the Retry-After of 503 answers, in seconds.
+const retryAfter = 5
+
+// fail answers e: a 401 carries an RFC 6750 challenge, a 503 a Retry-After. By default sitegate
+// writes the APIError body itself; with use_handle_errors it returns the error to Caddy instead,
+// so handle_errors routes render it, with {http.sitegate.error.code} and
+// {http.sitegate.error.message} set.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, e *apiError) error {
+	metricRequests.WithLabelValues(e.outcome).Inc()
+	switch e.status {
+	case http.StatusUnauthorized:
+		challenge := `Bearer realm="sitegate"`
+		if e != errMissingCredentials {
+			challenge += fmt.Sprintf(`, error="invalid_token", error_description=%q`, e.message)
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
+	case http.StatusBadRequest:
+		if e.code == "INVALID_REQUEST" {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="sitegate", error="invalid_request", error_description=%q`, e.message))
+		}
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	}
+	if h.UseHandleErrors {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		repl.Set("http.sitegate.error.code", e.code)
+		repl.Set("http.sitegate.error.message", e.message)
+		return caddyhttp.Error(e.status, errors.New(e.message))
+	}
+	body, _ := json.Marshal(map[string]string{"error": e.code, "code": strconv.Itoa(e.status), "message": e.message})
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(e.status)
+	_, _ = w.Write(body)
+	return nil
+}
