@@ -52,7 +52,7 @@ const retryAfter = 5
 // so handle_errors routes render it, with {http.sitegate.error.code} and
 // {http.sitegate.error.message} set.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, e *apiError) error {
-	metricRequests.WithLabelValues(e.outcome).Inc()
+	requests.inc(e.outcome)
 	switch e.status {
 	case http.StatusUnauthorized:
 		challenge := `Bearer realm="sitegate"`

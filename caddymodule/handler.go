@@ -23,7 +23,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	client := r.Header.Values(sitecontext.Header) // read before the strip removes it
 	h.owned.strip(r.Header)
 	if h.Anonymous {
-		metricRequests.WithLabelValues("anonymous").Inc()
+		requests.inc("anonymous")
 		return next.ServeHTTP(w, r)
 	}
 
@@ -70,7 +70,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			r.Header.Set(name, v)
 		}
 	}
-	metricRequests.WithLabelValues("ok").Inc()
+	requests.inc("ok")
 	return next.ServeHTTP(w, r)
 }
 

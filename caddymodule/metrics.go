@@ -35,6 +35,7 @@ func newMetrics() {
 	metricJWKSFetches = counter("jwks_fetches_total", "Fetches of JWKS and OIDC discovery documents, by result.", "result")
 	metricUnknownKID = counter("jwks_unknown_kid_total", "Tokens naming a key id missing from the key set, by whether a refetch was made.", "refetched")
 	metricIntrospection = counter("introspection_total", "Token introspection calls and cache hits, by result.", "result")
+	requests.vec, validations.vec = metricRequests, metricValidations
 }
 
 // registerMetrics registers the collectors into reg. reg may be nil (Caddy 2.11 can lose the
@@ -53,6 +54,23 @@ func registerMetrics(reg prometheus.Registerer) error {
 	return nil
 }
 
+// counters resolves a vector's counters once per label value: WithLabelValues hashes its labels
+// on every call, which the request path should not pay.
+type counters struct {
+	vec *prometheus.CounterVec
+	m   sync.Map // label → prometheus.Counter
+}
+
+func (c *counters) inc(label string) {
+	ctr, ok := c.m.Load(label)
+	if !ok {
+		ctr, _ = c.m.LoadOrStore(label, c.vec.WithLabelValues(label))
+	}
+	ctr.(prometheus.Counter).Inc()
+}
+
+var requests, validations = new(counters), new(counters)
+
 // observer feeds the token validator's events into the collectors.
 type observer struct{}
 
@@ -61,4 +79,4 @@ func (observer) UnknownKID(refetched bool) {
 	metricUnknownKID.WithLabelValues(strconv.FormatBool(refetched)).Inc()
 }
 func (observer) Introspection(result string) { metricIntrospection.WithLabelValues(result).Inc() }
-func (observer) Validation(result string)    { metricValidations.WithLabelValues(result).Inc() }
+func (observer) Validation(result string)    { validations.inc(result) }

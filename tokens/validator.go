@@ -186,20 +186,23 @@ type Validator struct {
 
 // verifiedEntry is a cached local verification. gen is the key-set generation it was verified
 // under: a refresh that removes a key starts a new generation, so that tokens signed by a
-// withdrawn key stop validating at once rather than at their exp. sig is the hash of the
-// signature that was verified.
+// withdrawn key stop validating at once rather than at their exp. sig is the signature segment
+// that was verified.
 type verifiedEntry struct {
 	id  *Identity
 	gen uint64
-	sig [32]byte
+	sig string
 }
 
-// cacheKey locates a token's verification: the hash of its signed content (header and payload)
-// and of its signature. Entries are keyed by the content alone, since ECDSA signatures are
-// malleable and one token can carry several valid signatures; a hit also needs the signature
-// verified last, so that a cached token's content with any other signature (a token "redacted"
-// by cutting its signature, say) is verified again rather than trusted.
-type cacheKey struct{ content, sig [32]byte }
+// cacheKey locates a token's verification: the hash of its signed content (header and payload),
+// and its signature. Entries are keyed by the content alone, since ECDSA signatures are malleable
+// and one token can carry several valid signatures; a hit also needs the signature verified last,
+// so that a cached token's content with any other signature (a token "redacted" by cutting its
+// signature, say) is verified again rather than trusted.
+type cacheKey struct {
+	content [32]byte
+	sig     string
+}
 
 // New checks cfg and builds a Validator. It does no network I/O.
 func New(cfg Config) (*Validator, error) {
@@ -392,7 +395,7 @@ func (v *Validator) validate(ctx context.Context, raw string) (*Identity, string
 	now := v.now()
 	var key cacheKey
 	if v.local {
-		key = cacheKey{sum256(raw[:dot2]), sum256(raw[dot2+1:])}
+		key = cacheKey{sum256(raw[:dot2]), raw[dot2+1:]}
 		if e, ok := v.verified.get(key.content, now); ok && e.gen == v.keys.Load().gen && e.sig == key.sig {
 			return e.id, "cache_hit", nil
 		}
@@ -588,7 +591,7 @@ func (v *Validator) accept(claims jwt.MapClaims, err error, key cacheKey, gen ui
 		return nil, "", invalid("exp claim out of range")
 	}
 	id := &Identity{Subject: subject(claims), Claims: claims, Expiry: exp}
-	v.verified.put(key.content, verifiedEntry{id, gen, key.sig}, exp, now)
+	v.verified.put(key.content, verifiedEntry{id, gen, strings.Clone(key.sig)}, exp, now)
 	return id, "", nil
 }
 
