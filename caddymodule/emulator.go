@@ -74,14 +74,6 @@ func (IdentityEmulator) CaddyModule() caddy.ModuleInfo {
 
 // Provision resolves placeholders in the secrets and builds the emulator.
 func (m *IdentityEmulator) Provision(ctx caddy.Context) error {
-	repl := caddy.NewReplacer()
-	resolve := func(what, s string) (string, error) {
-		v, err := repl.ReplaceOrErr(s, true, true)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", what, err)
-		}
-		return v, nil
-	}
 	cfg := emulator.Config{
 		Users:               make([]emulator.User, len(m.Users)),
 		Clients:             make([]emulator.Client, len(m.Clients)),
@@ -94,17 +86,17 @@ func (m *IdentityEmulator) Provision(ctx caddy.Context) error {
 		SchemaShapes:        m.SchemaShapes,
 	}
 	var err error
-	if cfg.APIKey, err = resolve("api_key", m.APIKey); err != nil {
+	if cfg.APIKey, err = resolvePlaceholders("api_key", m.APIKey); err != nil {
 		return err
 	}
 	for i, u := range m.Users {
-		if u.Password, err = resolve("user "+u.Username+": password", u.Password); err != nil {
+		if u.Password, err = resolvePlaceholders("user "+u.Username+": password", u.Password); err != nil {
 			return err
 		}
 		cfg.Users[i] = u
 	}
 	for i, c := range m.Clients {
-		if c.Secret, err = resolve("client "+c.ID+": secret", c.Secret); err != nil {
+		if c.Secret, err = resolvePlaceholders("client "+c.ID+": secret", c.Secret); err != nil {
 			return err
 		}
 		cfg.Clients[i] = c

@@ -192,14 +192,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // tokensConfig turns the JSON config into the validator's, resolving placeholders and reading
 // key files.
 func (h *Handler) tokensConfig() (tokens.Config, error) {
-	repl := caddy.NewReplacer()
-	resolve := func(what, s string) (string, error) {
-		v, err := repl.ReplaceOrErr(s, true, true)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", what, err)
-		}
-		return v, nil
-	}
 	cfg := tokens.Config{
 		Algorithms:      h.Algorithms,
 		Audiences:       h.Audiences,
@@ -207,14 +199,14 @@ func (h *Handler) tokensConfig() (tokens.Config, error) {
 		RefreshInterval: time.Duration(h.JWKSRefresh),
 	}
 	var err error
-	if cfg.Issuer, err = resolve("issuer", h.Issuer); err != nil {
+	if cfg.Issuer, err = resolvePlaceholders("issuer", h.Issuer); err != nil {
 		return cfg, err
 	}
-	if cfg.DiscoveryURL, err = resolve("discovery", h.Discovery); err != nil {
+	if cfg.DiscoveryURL, err = resolvePlaceholders("discovery", h.Discovery); err != nil {
 		return cfg, err
 	}
 	for _, u := range h.JWKSURLs {
-		r, err := resolve("jwks", u)
+		r, err := resolvePlaceholders("jwks", u)
 		if err != nil {
 			return cfg, err
 		}
@@ -238,11 +230,11 @@ func (h *Handler) tokensConfig() (tokens.Config, error) {
 			FailureTTL:    time.Duration(in.FailureTTL),
 			MaxConcurrent: in.MaxConcurrent,
 		}
-		if ti.URL, err = resolve("introspect", in.URL); err != nil {
+		if ti.URL, err = resolvePlaceholders("introspect", in.URL); err != nil {
 			return cfg, err
 		}
 		for name, value := range in.Headers {
-			v, err := resolve("introspect header "+name, value)
+			v, err := resolvePlaceholders("introspect header "+name, value)
 			if err != nil {
 				return cfg, err
 			}
@@ -251,6 +243,17 @@ func (h *Handler) tokensConfig() (tokens.Config, error) {
 		cfg.Introspection = ti
 	}
 	return cfg, nil
+}
+
+// resolvePlaceholders resolves config-time placeholders ({env.*}, {file.*}) in a value that
+// names what for errors. An unknown placeholder, or one that resolves to nothing, is an error:
+// an unset variable must not become an empty secret.
+func resolvePlaceholders(what, s string) (string, error) {
+	v, err := caddy.NewReplacer().ReplaceOrErr(s, true, true)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	return v, nil
 }
 
 // fingerprint identifies a validator configuration for the pool. Static keys count by their
