@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // ControlPrefix is the path under which the control API is served.
@@ -244,6 +246,7 @@ func (e *Emulator) ctlReset(w http.ResponseWriter, _ *http.Request) {
 	c.calls, c.reuse, c.faults = map[string]int{}, 0, nil
 	c.mu.Unlock()
 	e.skew.Store(0)
+	e.logger.Info("counters, faults and clock reset")
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -279,6 +282,9 @@ func (e *Emulator) ctlAddFault(w http.ResponseWriter, r *http.Request) {
 	c.faults = append(c.faults, &f)
 	out := f
 	c.mu.Unlock()
+	e.logger.Info("fault switched on", zap.Int("id", f.ID), zap.String("endpoint", f.Endpoint),
+		zap.Duration("latency", time.Duration(f.Latency)), zap.Bool("drop", f.Drop), zap.Int("status", f.Status),
+		zap.Bool("reject", f.Reject), zap.Int("after", f.After), zap.Int("times", f.Times))
 	writeJSON(w, http.StatusCreated, out)
 }
 
@@ -328,6 +334,7 @@ func (e *Emulator) ctlSetClock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.skew.Store(int64(*body.Skew))
+	e.logger.Info("clock skewed", zap.Duration("skew", time.Duration(*body.Skew)))
 	e.ctlClock(w, r)
 }
 
@@ -355,6 +362,7 @@ func (e *Emulator) ctlRotateKeys(w http.ResponseWriter, r *http.Request) {
 		kids = append(kids, s.kid)
 	}
 	e.mu.Unlock()
+	e.logger.Info("signing key rotated", zap.String("kid", k.kid), zap.Bool("drop_old", body.DropOld))
 	writeJSON(w, http.StatusOK, map[string]any{"kid": k.kid, "published": kids})
 }
 
@@ -382,6 +390,8 @@ func (e *Emulator) ctlPatchUser(w http.ResponseWriter, r *http.Request) {
 	if body.Password != nil && *body.Password != "" {
 		u.password = *body.Password
 	}
+	e.logger.Info("user changed", zap.String("username", u.username), zap.Bool("active", u.active),
+		zap.Bool("password_changed", body.Password != nil && *body.Password != ""))
 	writeJSON(w, http.StatusOK, map[string]any{"username": u.username, "userId": u.id, "active": u.active})
 }
 
