@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -221,5 +223,58 @@ func TestSitegateDirectiveOrder(t *testing.T) {
 	s := string(out)
 	if i, j := strings.Index(s, `"handler":"sitegate"`), strings.Index(s, `"handler":"reverse_proxy"`); i < 0 || j < 0 || i > j {
 		t.Fatalf("sitegate does not come before reverse_proxy:\n%s", s)
+	}
+}
+
+// TestSitegateProvisionErrors checks that bad configuration fails at load with a precise error,
+// and that no network I/O is needed to load a good one.
+func TestSitegateProvisionErrors(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	pem := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(pem, []byte("-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, json, want string
+	}{
+		{"no key source", `{}`, "no key source and no introspection"},
+		{"issuer without audience", `{"issuer":"https://idp.test","jwks_urls":["https://idp.test/keys"]}`, "audience"},
+		{"alg none", `{"issuer":"https://idp.test","audiences":["a"],"jwks_urls":["https://idp.test/keys"],"algorithms":["none"]}`, `"none" is refused`},
+		{"HS256", `{"issuer":"https://idp.test","audiences":["a"],"jwks_urls":["https://idp.test/keys"],"algorithms":["HS256"]}`, "HS256"},
+		{"leeway too long", `{"issuer":"https://idp.test","audiences":["a"],"jwks_urls":["https://idp.test/keys"],"leeway":"2m"}`, "leeway"},
+		{"relative jwks url", `{"issuer":"https://idp.test","audiences":["a"],"jwks_urls":["/keys"]}`, "jwks url"},
+		{"missing key file", `{"issuer":"https://idp.test","audiences":["a"],"public_key_files":["/nonexistent.pem"]}`, "public_key"},
+		{"bad key file", `{"issuer":"https://idp.test","audiences":["a"],"public_key_files":["` + pem + `"]}`, "public_key " + pem},
+		{"unset variable", `{"introspection":{"url":"https://idp.test/self","headers":{"x-api-key":"{env.SITEGATE_TEST_UNSET}"}}}`, "introspect header x-api-key"},
+		{"client may not choose the account", `{"introspection":{"url":"https://idp.test/self"},"site_context":{"allow_client":["account"]}}`, "site_context: allow_client"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			if err := json.Unmarshal([]byte(tc.json), &h); err != nil {
+				t.Fatal(err)
+			}
+			err := h.Provision(ctx)
+			defer h.Cleanup()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("provision: %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+
+	for _, tc := range []struct{ name, json, want string }{
+		{"anonymous with token options", `{"anonymous":true,"issuer":"https://idp.test"}`, "anonymous takes no"},
+		{"bad identity header name", `{"introspection":{"url":"https://idp.test/self"},"identity_headers":{"X User":"{http.auth.user.id}"}}`, "not a valid header name"},
+		{"identity header owned by site_context", `{"introspection":{"url":"https://idp.test/self"},"identity_headers":{"x_site_context":"x"}}`, "set by site_context"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			if err := json.Unmarshal([]byte(tc.json), &h); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("validate: %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }
