@@ -1,0 +1,255 @@
+package sessions
+
+import (
+	"context"
+	"crypto/tls"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// Defaults for RedisOptions.
+const (
+	DefaultKeyPrefix = "sitegate:"
+	DefaultOpTimeout = 2 * time.Second
+)
+
+// RedisOptions select and configure the Redis deployment. Exactly one of URL, SentinelAddrs
+// (with MasterName) or ClusterAddrs is set.
+type RedisOptions struct {
+	// URL is a standalone server: redis://[user:password@]host[:port][/db][?options] or
+	// rediss:// for TLS (go-redis ParseURL syntax). The fields below override it when set.
+	URL string
+	// MasterName and SentinelAddrs select a Sentinel-managed master.
+	MasterName    string
+	SentinelAddrs []string
+	// ClusterAddrs are seed nodes of a Redis Cluster (one address is enough).
+	ClusterAddrs []string
+
+	Username string
+	Password string
+	// DB selects a database (not with Cluster).
+	DB int
+	// TLS enables TLS with this configuration.
+	TLS *tls.Config
+	// DisableIdentity skips CLIENT SETINFO on connect, for Redis < 7.2 and managed services
+	// that reject it.
+	DisableIdentity bool
+
+	// KeyPrefix starts every key (default "sitegate:").
+	KeyPrefix string
+	// DialTimeout, ReadTimeout and WriteTimeout are go-redis's (zero: its defaults).
+	DialTimeout, ReadTimeout, WriteTimeout time.Duration
+	// OpTimeout bounds every store operation, retries included (default 2s).
+	OpTimeout time.Duration
+}
+
+// RedisStore is a Store in Redis, shared by every instance. A session is one key,
+// <prefix>{<store key>}:s, whose TTL follows the session's idle and absolute timeouts; keys a
+// session may add later share its hash tag, so they stay in one Cluster slot.
+type RedisStore struct {
+	core
+}
+
+var _ Store = (*RedisStore)(nil)
+
+//go:embed cas.lua
+var casSrc string
+
+var casScript = redis.NewScript(casSrc)
+
+// NewRedisStore returns a store over a new go-redis client. It does no network I/O: the first
+// operation (or Ping) connects. o.Keys is required. The store owns the client; Close closes it.
+func NewRedisStore(ro RedisOptions, o Options) (*RedisStore, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if o.Keys == nil {
+		return nil, errors.New("redis session store needs keys")
+	}
+	c, err := newRedisClient(ro)
+	if err != nil {
+		return nil, err
+	}
+	if ro.KeyPrefix == "" {
+		ro.KeyPrefix = DefaultKeyPrefix
+	}
+	if ro.OpTimeout <= 0 {
+		ro.OpTimeout = DefaultOpTimeout
+	}
+	b := &redisBackend{c: c, prefix: ro.KeyPrefix, opTimeout: ro.OpTimeout}
+	return &RedisStore{core{b: b, o: o, name: "redis"}}, nil
+}
+
+func newRedisClient(ro RedisOptions) (redis.UniversalClient, error) {
+	modes := 0
+	for _, set := range []bool{ro.URL != "", len(ro.SentinelAddrs) > 0, len(ro.ClusterAddrs) > 0} {
+		if set {
+			modes++
+		}
+	}
+	switch {
+	case modes != 1:
+		return nil, errors.New("redis: set exactly one of url, sentinel addresses or cluster addresses")
+	case len(ro.SentinelAddrs) > 0 && ro.MasterName == "":
+		return nil, errors.New("redis: sentinel needs a master name")
+	case ro.MasterName != "" && len(ro.SentinelAddrs) == 0:
+		return nil, errors.New("redis: master name needs sentinel addresses")
+	case len(ro.ClusterAddrs) > 0 && ro.DB != 0:
+		return nil, errors.New("redis: cluster has no databases other than 0")
+	}
+	maint := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	if ro.URL != "" {
+		opt, err := parseRedisURL(ro.URL)
+		if err != nil {
+			return nil, err
+		}
+		if ro.Username != "" {
+			opt.Username = ro.Username
+		}
+		if ro.Password != "" {
+			opt.Password = ro.Password
+		}
+		if ro.DB != 0 {
+			opt.DB = ro.DB
+		}
+		if ro.TLS != nil {
+			opt.TLSConfig = ro.TLS
+		}
+		if ro.DialTimeout != 0 {
+			opt.DialTimeout = ro.DialTimeout
+		}
+		if ro.ReadTimeout != 0 {
+			opt.ReadTimeout = ro.ReadTimeout
+		}
+		if ro.WriteTimeout != 0 {
+			opt.WriteTimeout = ro.WriteTimeout
+		}
+		opt.ContextTimeoutEnabled = true
+		opt.DisableIdentity = ro.DisableIdentity
+		opt.MaintNotificationsConfig = maint
+		return redis.NewClient(opt), nil
+	}
+	uo := &redis.UniversalOptions{
+		Addrs:      ro.ClusterAddrs,
+		MasterName: ro.MasterName,
+		Username:   ro.Username, Password: ro.Password, DB: ro.DB, TLSConfig: ro.TLS,
+		DialTimeout: ro.DialTimeout, ReadTimeout: ro.ReadTimeout, WriteTimeout: ro.WriteTimeout,
+		ContextTimeoutEnabled:    true,
+		DisableIdentity:          ro.DisableIdentity,
+		MaintNotificationsConfig: maint, // ignored by the Sentinel client, which has none
+	}
+	if len(ro.SentinelAddrs) > 0 {
+		uo.Addrs = ro.SentinelAddrs
+	} else {
+		uo.IsClusterMode = true
+	}
+	return redis.NewUniversalClient(uo), nil
+}
+
+// parseRedisURL is redis.ParseURL limited to redis:// and rediss://, with errors that never
+// quote the URL (it may hold a password).
+func parseRedisURL(s string) (*redis.Options, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, errors.New("redis url is malformed")
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return nil, fmt.Errorf("redis url scheme %q is not redis or rediss", u.Scheme)
+	}
+	opt, err := redis.ParseURL(s)
+	if err != nil {
+		return nil, fmt.Errorf("redis url %s: %w", u.Redacted(), err)
+	}
+	return opt, nil
+}
+
+type redisBackend struct {
+	c         redis.UniversalClient
+	prefix    string
+	opTimeout time.Duration
+}
+
+func (r *redisBackend) key(storeKey string) string { return r.prefix + "{" + storeKey + "}:s" }
+
+func unavailable(op string, err error) error {
+	return fmt.Errorf("%w: redis %s: %w", ErrUnavailable, op, err)
+}
+
+func (r *redisBackend) get(ctx context.Context, key string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	b, err := r.c.Get(ctx, r.key(key)).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, ErrNotFound
+	case err != nil:
+		return nil, unavailable("get", err)
+	}
+	return b, nil
+}
+
+func (r *redisBackend) create(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	err := r.c.SetArgs(ctx, r.key(key), val, redis.SetArgs{Mode: "NX", TTL: ttl}).Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return ErrConflict
+	case err != nil:
+		return unavailable("set", err)
+	}
+	return nil
+}
+
+func (r *redisBackend) cas(ctx context.Context, key string, expect uint64, val []byte, ttl time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	ms := strconv.FormatInt(ttl.Milliseconds(), 10)
+	res, err := casScript.Run(ctx, r.c, []string{r.key(key)}, strconv.FormatUint(expect, 10), val, ms).Int()
+	if err != nil {
+		return unavailable("cas", err)
+	}
+	switch res {
+	case 1:
+		return nil
+	case 0:
+		return ErrConflict
+	case -1:
+		return ErrNotFound
+	default:
+		return fmt.Errorf("%w: stored record cannot be read", ErrUnreadable)
+	}
+}
+
+func (r *redisBackend) del(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	if err := r.c.Del(ctx, r.key(key)).Err(); err != nil {
+		return unavailable("del", err)
+	}
+	return nil
+}
+
+func (r *redisBackend) ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	if err := r.c.Ping(ctx).Err(); err != nil {
+		return unavailable("ping", err)
+	}
+	return nil
+}
+
+func (r *redisBackend) close() error {
+	if err := r.c.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+		return fmt.Errorf("closing redis client: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+package sessions
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"reflect"
+	"regexp"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+
+func sampleSession(t *testing.T) *Session {
+	t.Helper()
+	id, err := NewID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Session{
+		ID: id, Version: 3, UserID: "u-1", Account: "5f689caa4216e7000750d1ef", Dialect: "oauth2",
+		Name: "Ada", Roles: []string{"admin", "buyer"},
+		AccessToken: "AT-" + id[:8], AccessExpiry: t0.Add(time.Hour),
+		RefreshToken: "RT-" + id[:8], RefreshExpiry: t0.Add(24 * time.Hour),
+		Created: t0, LastSeen: t0.Add(time.Minute), Deadline: t0.Add(12 * time.Hour),
+		Claims: map[string]string{"email": "ada@example.com"},
+	}
+}
+
+func TestNewID(t *testing.T) {
+	a, err := NewID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := NewID()
+	if a == b {
+		t.Fatal("two ids are equal")
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(a)
+	if err != nil || len(raw) != 32 {
+		t.Fatalf("id %q: %d bytes, %v", a, len(raw), err)
+	}
+}
+
+func TestStoreKey(t *testing.T) {
+	// SHA-256("abc")
+	if got := StoreKey("abc"); got != "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" {
+		t.Fatalf("StoreKey = %s", got)
+	}
+	if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(StoreKey("x")) {
+		t.Fatal("store key is not 64 hex digits")
+	}
+}
+
+func TestEncoding(t *testing.T) {
+	kr := mustRing(t, testKey(1))
+	s := sampleSession(t)
+	b, err := encode(s, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[0] != encodingV1 {
+		t.Fatalf("version byte %d", b[0])
+	}
+	for _, secret := range []string{s.ID, s.AccessToken, s.RefreshToken} {
+		if bytes.Contains(b, []byte(secret)) {
+			t.Fatalf("encoding contains %q in clear", secret)
+		}
+	}
+	got, err := decode(s.ID, b, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, s) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, s)
+	}
+
+	// A record copied under another session's key does not open.
+	if _, err := decode("another-id", b, kr); !errors.Is(err, ErrUnreadable) {
+		t.Fatalf("decode under another id: %v, want ErrUnreadable", err)
+	}
+	for name, bad := range map[string][]byte{
+		"unknown version": append([]byte{2}, b[1:]...),
+		"empty":           nil,
+		"not json":        []byte("\x01{"),
+	} {
+		if _, err := decode(s.ID, bad, kr); !errors.Is(err, ErrUnreadable) {
+			t.Errorf("%s: %v, want ErrUnreadable", name, err)
+		}
+	}
+	if _, err := decode(s.ID, append([]byte{2}, b[1:]...), kr); err == nil ||
+		err.Error() != "session record unreadable: unknown encoding version 2" {
+		t.Errorf("unknown version error: %v", err)
+	}
+}
