@@ -183,3 +183,50 @@ func (m *memBackend) close() error {
 	<-m.done
 	return nil
 }
+
+// Locks (see lock.go): a lock is an entry under "<store key>:lock" whose value is the owner
+// token. Store keys are hex, so lock keys never name a session.
+
+func memLockKey(key string) string { return key + ":lock" }
+
+func (m *memBackend) lock(ctx context.Context, key, token string, ttl time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(ctx); err != nil {
+		return err
+	}
+	if _, ok := m.live(memLockKey(key)); ok {
+		return ErrLocked
+	}
+	m.entries[memLockKey(key)] = memEntry{val: []byte(token), expires: m.now().Add(ttl)}
+	return nil
+}
+
+func (m *memBackend) renew(ctx context.Context, key, token string, ttl time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(ctx); err != nil {
+		return err
+	}
+	e, ok := m.live(memLockKey(key))
+	if !ok || string(e.val) != token {
+		return ErrLockLost
+	}
+	e.expires = m.now().Add(ttl)
+	m.entries[memLockKey(key)] = e
+	return nil
+}
+
+func (m *memBackend) unlock(ctx context.Context, key, token string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.check(ctx); err != nil {
+		return err
+	}
+	e, ok := m.live(memLockKey(key))
+	if !ok || string(e.val) != token {
+		return ErrLockLost
+	}
+	delete(m.entries, memLockKey(key))
+	return nil
+}

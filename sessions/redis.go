@@ -253,3 +253,54 @@ func (r *redisBackend) close() error {
 	}
 	return nil
 }
+
+// Locks (see lock.go): <prefix>{<store key>}:lock holds the owner token, in the record's slot.
+
+var (
+	//go:embed renew.lua
+	renewSrc    string
+	renewScript = redis.NewScript(renewSrc)
+	//go:embed unlock.lua
+	unlockSrc    string
+	unlockScript = redis.NewScript(unlockSrc)
+)
+
+func (r *redisBackend) lockKey(storeKey string) string { return r.prefix + "{" + storeKey + "}:lock" }
+
+func (r *redisBackend) lock(ctx context.Context, key, token string, ttl time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	err := r.c.SetArgs(ctx, r.lockKey(key), token, redis.SetArgs{Mode: "NX", TTL: max(ttl, time.Millisecond)}).Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return ErrLocked
+	case err != nil:
+		return unavailable("lock", err)
+	}
+	return nil
+}
+
+func (r *redisBackend) renew(ctx context.Context, key, token string, ttl time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	ms := strconv.FormatInt(max(ttl.Milliseconds(), 1), 10)
+	return r.ownerScript(ctx, renewScript, "renew lock", key, token, ms)
+}
+
+func (r *redisBackend) unlock(ctx context.Context, key, token string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
+	defer cancel()
+	return r.ownerScript(ctx, unlockScript, "unlock", key, token)
+}
+
+// ownerScript runs a compare-owner script on the lock key: 1 means done, 0 not the owner.
+func (r *redisBackend) ownerScript(ctx context.Context, s *redis.Script, op, key string, args ...any) error {
+	res, err := s.Run(ctx, r.c, []string{r.lockKey(key)}, args...).Int()
+	switch {
+	case err != nil:
+		return unavailable(op, err)
+	case res != 1:
+		return ErrLockLost
+	}
+	return nil
+}
