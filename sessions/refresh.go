@@ -107,7 +107,10 @@ func NewRefresher(store LockingStore, o RefresherOptions) (*Refresher, error) {
 // ctx.Err() while the refresh goes on for the others. fn's errors are returned as they are
 // (upstream.ErrRejected: delete the session; upstream.ErrUnavailable: keep it). Store failures
 // and a Timeout spent waiting for a peer wrap ErrUnavailable; ErrNotFound means the session is
-// gone. Each caller gets its own copy of the session.
+// gone. When Identity answered but the new tokens could not be saved (the store stayed
+// unavailable for the rest of Timeout), the error wraps ErrUnavailable and the session returned
+// holds the new tokens, so the request can still be served. Each caller gets its own copy of the
+// session.
 func (r *Refresher) Refresh(ctx context.Context, s *Session, fn RefreshFunc) (*Session, Outcome, error) {
 	if s == nil || fn == nil {
 		return nil, "", errors.New("refreshing session: nil session or function")
@@ -130,7 +133,11 @@ func (r *Refresher) Refresh(ctx context.Context, s *Session, fn RefreshFunc) (*S
 	case <-f.done:
 	}
 	if f.err != nil {
-		return nil, "", f.err
+		var unsaved *Session
+		if f.sess != nil {
+			unsaved = copySession(f.sess)
+		}
+		return unsaved, "", f.err
 	}
 	out := f.outcome
 	if joined {
@@ -207,7 +214,17 @@ func (r *Refresher) locked(ctx context.Context, l Lease, s *Session, fn RefreshF
 	if next == nil || next.ID != cur.ID {
 		return nil, "", errors.New("refreshing session: refresh function returned another session")
 	}
+	// Identity has rotated the refresh token: losing the new tokens now would end the session
+	// at its next refresh. While the store is unavailable, keep trying as long as the refresh's
+	// time lasts (the lease is still renewed).
 	err = r.store.Save(ctx, next, cur.Version)
+	for errors.Is(err, ErrUnavailable) && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(r.o.PollEvery):
+			err = r.store.Save(ctx, next, cur.Version)
+		}
+	}
 	if errors.Is(err, ErrConflict) {
 		r.o.Logger.Warn("session changed during refresh; keeping the stored version")
 		if cur, err = r.store.Load(ctx, s.ID); err != nil {
@@ -216,7 +233,9 @@ func (r *Refresher) locked(ctx context.Context, l Lease, s *Session, fn RefreshF
 		return cur, Coalesced, nil
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("saving refreshed session: %w", err)
+		// The new tokens are returned with the error, so that the requests of this flight can
+		// still be served with them.
+		return next, "", fmt.Errorf("saving refreshed session: %w", err)
 	}
 	return next, Refreshed, nil
 }

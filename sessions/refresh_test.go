@@ -436,8 +436,12 @@ func TestRefreshRedisDown(t *testing.T) {
 		f.srv.Stop()
 		return counted(&calls, 0)(ctx, cur)
 	}
-	if _, _, err := r.Refresh(ctx, copySession(s), stopping); !errors.Is(err, ErrUnavailable) {
+	unsaved, _, err := r.Refresh(ctx, copySession(s), stopping)
+	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Refresh with Redis stopping during fn: %v, want ErrUnavailable", err)
+	}
+	if unsaved == nil || unsaved.AccessToken != "new" {
+		t.Fatalf("the tokens Identity issued were dropped with the failed save: %+v", unsaved)
 	}
 
 	f.srv.Restart()
@@ -447,5 +451,33 @@ func TestRefreshRedisDown(t *testing.T) {
 	got, out, err := r.Refresh(ctx, copySession(s), counted(&calls, 0))
 	if err != nil || out != Refreshed || got.AccessToken != "new" {
 		t.Fatalf("Refresh after restart: %q, %v", out, err)
+	}
+}
+
+// TestRefreshSaveOutlivesOutage: the store is unreachable for a while right after Identity
+// rotated the tokens; the save is retried within the refresh's time, so nothing is lost.
+func TestRefreshSaveOutlivesOutage(t *testing.T) {
+	f := newRedisFixture(t)
+	ctx := context.Background()
+	st := f.open(t, "", Options{Keys: mustRing(t, testKey(1))})
+	defer st.Close()
+	r := newRefresher(t, st, RefresherOptions{Timeout: 10 * time.Second})
+	s := &Session{AccessToken: "old"}
+	if err := st.Create(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	pausing := func(ctx context.Context, cur *Session) (*Session, error) {
+		f.srv.Pause() // longer than the store's 1s operation timeout
+		time.AfterFunc(2500*time.Millisecond, f.srv.Resume)
+		return counted(&calls, 0)(ctx, cur)
+	}
+	got, _, err := r.Refresh(ctx, copySession(s), pausing)
+	if err != nil || got.AccessToken != "new" {
+		t.Fatalf("Refresh across an outage of the store: %v", err)
+	}
+	stored, err := st.Load(ctx, s.ID)
+	if err != nil || stored.AccessToken != "new" || stored.Version != s.Version+1 || calls.Load() != 1 {
+		t.Fatalf("stored after the outage: %+v, %v, %d calls", stored, err, calls.Load())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,14 +76,32 @@ func (s *Server) Restart() {
 	}
 }
 
-// Stop kills the server, as a crash or a network partition would look to a client.
+// Stop kills the server, as a crash would look to a client; its data is lost.
 func (s *Server) Stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
+	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a paused process dies only once it runs again
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
 	s.cmd = nil
+}
+
+// Pause freezes the server (SIGSTOP) without losing its data: clients time out, as in a network
+// partition, until Resume.
+func (s *Server) Pause() {
+	s.t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.t.Fatalf("pausing redis-server: %v", err)
+	}
+}
+
+// Resume lets a paused server go on, with the data it had.
+func (s *Server) Resume() {
+	s.t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		s.t.Fatalf("resuming redis-server: %v", err)
+	}
 }
 
 // String returns the address, for messages.

@@ -10,7 +10,7 @@ import (
 
 func TestStartStopRestart(t *testing.T) {
 	s := Start(t)
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: time.Second, ContextTimeoutEnabled: true})
 	defer c.Close()
 	ctx := context.Background()
 
@@ -19,6 +19,18 @@ func TestStartStopRestart(t *testing.T) {
 	}
 	if v, err := c.Get(ctx, "k").Result(); err != nil || v != "v" {
 		t.Fatalf("GET: %q, %v", v, err)
+	}
+
+	s.Pause()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err := c.Ping(short).Err()
+	cancel()
+	if err == nil {
+		t.Fatal("PING answered while paused")
+	}
+	s.Resume()
+	if v, err := c.Get(ctx, "k").Result(); err != nil || v != "v" {
+		t.Fatalf("GET after Resume: %q, %v; want the data kept", v, err)
 	}
 
 	s.Stop()
