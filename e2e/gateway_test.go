@@ -57,9 +57,9 @@ func freePort(t *testing.T) int {
 
 // gateway is a running Caddy with the emulator and sitegate in front of a recorder.
 type gateway struct {
-	identity, url, anonymous string
-	upstream                 *recorder
-	logFile                  string
+	identity, url string
+	upstream      *recorder
+	logFile       string
 }
 
 func startGateway(t *testing.T, extra string) *gateway {

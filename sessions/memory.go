@@ -205,28 +205,32 @@ func (m *memBackend) lock(ctx context.Context, key, token string, ttl time.Durat
 func (m *memBackend) renew(ctx context.Context, key, token string, ttl time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := m.check(ctx); err != nil {
-		return err
+	e, err := m.ownedLock(ctx, key, token)
+	if err == nil {
+		e.expires = m.now().Add(ttl)
+		m.entries[memLockKey(key)] = e
 	}
-	e, ok := m.live(memLockKey(key))
-	if !ok || string(e.val) != token {
-		return ErrLockLost
-	}
-	e.expires = m.now().Add(ttl)
-	m.entries[memLockKey(key)] = e
-	return nil
+	return err
 }
 
 func (m *memBackend) unlock(ctx context.Context, key, token string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	_, err := m.ownedLock(ctx, key, token)
+	if err == nil {
+		delete(m.entries, memLockKey(key))
+	}
+	return err
+}
+
+// ownedLock returns the live lock of key if token holds it, else ErrLockLost. Callers hold m.mu.
+func (m *memBackend) ownedLock(ctx context.Context, key, token string) (memEntry, error) {
 	if err := m.check(ctx); err != nil {
-		return err
+		return memEntry{}, err
 	}
 	e, ok := m.live(memLockKey(key))
 	if !ok || string(e.val) != token {
-		return ErrLockLost
+		return memEntry{}, ErrLockLost
 	}
-	delete(m.entries, memLockKey(key))
-	return nil
+	return e, nil
 }

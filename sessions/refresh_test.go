@@ -409,15 +409,8 @@ func TestRefreshError(t *testing.T) {
 // TestRefreshRedisDown: with Redis down, Refresh fails with ErrUnavailable without calling fn;
 // Redis stopping during fn fails the save with ErrUnavailable; after a restart it works again.
 func TestRefreshRedisDown(t *testing.T) {
-	f := newRedisFixture(t)
+	f, st, r, s := redisRefresh(t, 3*time.Second)
 	ctx := context.Background()
-	st := f.open(t, "rd:", Options{Keys: mustRing(t, testKey(1))})
-	defer st.Close()
-	r := newRefresher(t, st, RefresherOptions{Timeout: 3 * time.Second})
-	s := &Session{AccessToken: "old"}
-	if err := st.Create(ctx, s); err != nil {
-		t.Fatal(err)
-	}
 	var calls atomic.Int32
 
 	f.srv.Stop()
@@ -457,15 +450,8 @@ func TestRefreshRedisDown(t *testing.T) {
 // TestRefreshSaveOutlivesOutage: the store is unreachable for a while right after Identity
 // rotated the tokens; the save is retried within the refresh's time, so nothing is lost.
 func TestRefreshSaveOutlivesOutage(t *testing.T) {
-	f := newRedisFixture(t)
+	f, st, r, s := redisRefresh(t, 10*time.Second)
 	ctx := context.Background()
-	st := f.open(t, "", Options{Keys: mustRing(t, testKey(1))})
-	defer st.Close()
-	r := newRefresher(t, st, RefresherOptions{Timeout: 10 * time.Second})
-	s := &Session{AccessToken: "old"}
-	if err := st.Create(ctx, s); err != nil {
-		t.Fatal(err)
-	}
 	var calls atomic.Int32
 	pausing := func(ctx context.Context, cur *Session) (*Session, error) {
 		f.srv.Pause() // longer than the store's 1s operation timeout
@@ -480,4 +466,18 @@ func TestRefreshSaveOutlivesOutage(t *testing.T) {
 	if err != nil || stored.AccessToken != "new" || stored.Version != s.Version+1 || calls.Load() != 1 {
 		t.Fatalf("stored after the outage: %+v, %v, %d calls", stored, err, calls.Load())
 	}
+}
+
+// redisRefresh returns a Redis fixture, a store on it holding a new session, and a Refresher with
+// timeout over that store.
+func redisRefresh(t *testing.T, timeout time.Duration) (*redisFixture, *RedisStore, *Refresher, *Session) {
+	t.Helper()
+	f := newRedisFixture(t)
+	st := f.open(t, "", Options{Keys: mustRing(t, testKey(1))})
+	t.Cleanup(func() { st.Close() })
+	s := &Session{AccessToken: "old"}
+	if err := st.Create(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	return f, st, newRefresher(t, st, RefresherOptions{Timeout: timeout}), s
 }
