@@ -64,16 +64,16 @@ var casSrc string
 
 var casScript = redis.NewScript(casSrc)
 
-// NewRedisStore returns a store over a new go-redis client. It does no network I/O: the first
-// operation (or Ping) connects. o.Keys is required. The store owns the client; Close closes it.
-func NewRedisStore(ro RedisOptions, o Options) (*RedisStore, error) {
-	o, err := o.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	if o.Keys == nil {
-		return nil, errors.New("redis session store needs keys")
-	}
+// Redis is a connection pool to one Redis deployment, with the key prefix and operation timeout
+// of the stores built on it. Stores share it: Close it after the last store is done.
+type Redis struct {
+	c         redis.UniversalClient
+	prefix    string
+	opTimeout time.Duration
+}
+
+// OpenRedis returns a pool for ro. It does no network I/O: the first operation connects.
+func OpenRedis(ro RedisOptions) (*Redis, error) {
 	c, err := newRedisClient(ro)
 	if err != nil {
 		return nil, err
@@ -84,8 +84,42 @@ func NewRedisStore(ro RedisOptions, o Options) (*RedisStore, error) {
 	if ro.OpTimeout <= 0 {
 		ro.OpTimeout = DefaultOpTimeout
 	}
-	b := &redisBackend{c: c, prefix: ro.KeyPrefix, opTimeout: ro.OpTimeout}
-	return &RedisStore{core{b: b, o: o, name: "redis"}}, nil
+	return &Redis{c: c, prefix: ro.KeyPrefix, opTimeout: ro.OpTimeout}, nil
+}
+
+// Close closes the pool; stores built on it fail with ErrUnavailable afterwards.
+func (r *Redis) Close() error {
+	if err := r.c.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
+		return fmt.Errorf("closing redis client: %w", err)
+	}
+	return nil
+}
+
+// Store returns a session store on r. o.Keys is required. Closing the store leaves r open.
+func (r *Redis) Store(o Options) (*RedisStore, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if o.Keys == nil {
+		return nil, errors.New("redis session store needs keys")
+	}
+	return &RedisStore{core{b: &redisBackend{Redis: r}, o: o, name: "redis"}}, nil
+}
+
+// NewRedisStore returns a store over a new pool of its own (OpenRedis), which its Close closes.
+func NewRedisStore(ro RedisOptions, o Options) (*RedisStore, error) {
+	r, err := OpenRedis(ro)
+	if err != nil {
+		return nil, err
+	}
+	s, err := r.Store(o)
+	if err != nil {
+		_ = r.Close()
+		return nil, err
+	}
+	s.b.(*redisBackend).owned = true
+	return s, nil
 }
 
 func newRedisClient(ro RedisOptions) (redis.UniversalClient, error) {
@@ -172,9 +206,8 @@ func parseRedisURL(s string) (*redis.Options, error) {
 }
 
 type redisBackend struct {
-	c         redis.UniversalClient
-	prefix    string
-	opTimeout time.Duration
+	*Redis
+	owned bool // close the pool with the store
 }
 
 func (r *redisBackend) key(storeKey string) string { return r.prefix + "{" + storeKey + "}:s" }
@@ -248,10 +281,10 @@ func (r *redisBackend) ping(ctx context.Context) error {
 }
 
 func (r *redisBackend) close() error {
-	if err := r.c.Close(); err != nil && !errors.Is(err, redis.ErrClosed) {
-		return fmt.Errorf("closing redis client: %w", err)
+	if !r.owned {
+		return nil
 	}
-	return nil
+	return r.Redis.Close()
 }
 
 // Locks (see lock.go): <prefix>{<store key>}:lock holds the owner token, in the record's slot.

@@ -231,3 +231,46 @@ func TestNewRedisStoreOptions(t *testing.T) {
 		}
 	}
 }
+
+// Stores on one shared Redis: closing a store leaves the others working; closing the Redis ends
+// them all.
+func TestSharedRedis(t *testing.T) {
+	f := newRedisFixture(t)
+	r, err := OpenRedis(RedisOptions{URL: "redis://" + f.srv.Addr, KeyPrefix: "shared:", OpTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := mustRing(t, testKey(1))
+	a, err := r.Store(Options{Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Store(Options{Keys: keys, IdleTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Store(Options{}); err == nil {
+		t.Error("a store without keys was accepted")
+	}
+	ctx := context.Background()
+	s := &Session{UserID: "u1", AccessToken: "at", AccessExpiry: time.Now().Add(time.Hour)}
+	if err := a.Create(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Load(ctx, s.ID)
+	if err != nil {
+		t.Fatalf("other store after one closed: %v", err)
+	}
+	if got.UserID != "u1" || got.AccessToken != "at" {
+		t.Errorf("loaded %+v", got)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Load(ctx, s.ID); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("load after the Redis closed: %v, want ErrUnavailable", err)
+	}
+}

@@ -49,7 +49,8 @@ type Store interface {
 	Delete(ctx context.Context, id string) error
 	// Ping reports whether the store answers (nil) or not (an ErrUnavailable).
 	Ping(ctx context.Context) error
-	// Close releases the store's resources. Later calls fail with ErrUnavailable.
+	// Close releases the store's resources; later calls fail with ErrUnavailable. A store built
+	// on a shared Redis (Redis.Store) leaves the pool open for the others.
 	Close() error
 }
 
