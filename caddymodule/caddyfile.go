@@ -60,9 +60,37 @@ func parseSitegate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //
 //	    identity_header <name> <value>
 //	    use_handle_errors
+//
+//	    identity <fabric_v1|ece> <base url> [{
+//	        api_key        <key>
+//	        timeout        <duration>
+//	        max_concurrent <n>
+//	    }]
+//	    session {
+//	        store memory
+//	        store redis [<url>] [{
+//	            url              <redis:// or rediss:// url>
+//	            sentinel         <master name> <address...>
+//	            cluster          <address...>
+//	            username         <name>
+//	            password         <password>
+//	            db               <n>
+//	            tls
+//	            key_prefix       <prefix>
+//	            timeout          <duration>
+//	            disable_identity
+//	        }]
+//	        key            <key...>
+//	        idle_timeout   <duration>
+//	        lifetime       <duration>
+//	        refresh_before <duration>
+//	        cookie         <name>
+//	        endpoints      <path prefix>
+//	        allow_origin   <origin...>
+//	    }
 //	}
 //
-// audience, algorithms, jwks, public_key and allow_client accumulate; identity_header and
+// audience, algorithms, jwks, public_key, allow_client, key and allow_origin accumulate; identity_header and
 // header repeat. Placeholders in URLs and introspection headers ({env.API_KEY}) are resolved
 // when the config loads.
 func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -109,6 +137,10 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			m.IdentityHeaders[name] = value
 		case "use_handle_errors":
 			err = flag(d, &m.UseHandleErrors)
+		case "identity":
+			m.Identity, err = parseIdentity(d)
+		case "session":
+			m.Session, err = parseSession(d)
 		default:
 			return d.Errf("unrecognized sitegate option %q", d.Val())
 		}
@@ -154,6 +186,140 @@ func parseIntrospection(d *caddyfile.Dispenser) (*Introspection, error) {
 		}
 	}
 	return in, nil
+}
+
+func parseIdentity(d *caddyfile.Dispenser) (*Identity, error) {
+	id := &Identity{}
+	if !d.AllArgs(&id.Dialect, &id.URL) {
+		return nil, d.Err("identity takes a dialect (fabric_v1 or ece) and the service's base URL")
+	}
+	if id.Dialect != "fabric_v1" && id.Dialect != "ece" {
+		return nil, d.Errf("identity: unknown dialect %q (want fabric_v1 or ece)", id.Dialect)
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "api_key":
+			err = oneArg(d, &id.APIKey)
+		case "timeout":
+			err = parseDuration(d, &id.Timeout)
+		case "max_concurrent":
+			err = positiveInt(d, &id.MaxConcurrent)
+		default:
+			return nil, d.Errf("unrecognized identity option %q", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return id, nil
+}
+
+func parseSession(d *caddyfile.Dispenser) (*Sessions, error) {
+	s := &Sessions{}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "store":
+			var kind string
+			if !d.NextArg() {
+				return nil, d.Err("store takes memory or redis")
+			}
+			switch kind = d.Val(); kind {
+			case "memory":
+				if d.NextArg() {
+					return nil, d.ArgErr()
+				}
+				s.Redis = nil
+			case "redis":
+				s.Redis, err = parseRedis(d)
+			default:
+				return nil, d.Errf("unknown session store %q (want memory or redis)", kind)
+			}
+		case "key":
+			err = someArgs(d, &s.Keys)
+		case "idle_timeout":
+			err = parseDuration(d, &s.IdleTimeout)
+		case "lifetime":
+			err = parseDuration(d, &s.Lifetime)
+		case "refresh_before":
+			err = parseDuration(d, &s.RefreshBefore)
+		case "cookie":
+			err = oneArg(d, &s.Cookie)
+		case "endpoints":
+			err = oneArg(d, &s.Endpoints)
+		case "allow_origin":
+			err = someArgs(d, &s.AllowOrigins)
+		default:
+			return nil, d.Errf("unrecognized session option %q", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func parseRedis(d *caddyfile.Dispenser) (*Redis, error) {
+	rc := &Redis{}
+	if d.NextArg() {
+		rc.URL = d.Val()
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "url":
+			err = oneArg(d, &rc.URL)
+		case "sentinel":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return nil, d.Err("sentinel takes the master name and one or more sentinel addresses")
+			}
+			rc.MasterName, rc.Sentinels = args[0], append(rc.Sentinels, args[1:]...)
+		case "cluster":
+			err = someArgs(d, &rc.Cluster)
+		case "username":
+			err = oneArg(d, &rc.Username)
+		case "password":
+			err = oneArg(d, &rc.Password)
+		case "db":
+			var n string
+			if err = oneArg(d, &n); err == nil {
+				if rc.DB, err = strconv.Atoi(n); err != nil || rc.DB < 0 {
+					return nil, d.Errf("db takes a database number, got %q", n)
+				}
+			}
+		case "tls":
+			err = flag(d, &rc.TLS)
+		case "key_prefix":
+			err = oneArg(d, &rc.KeyPrefix)
+		case "timeout":
+			err = parseDuration(d, &rc.Timeout)
+		case "disable_identity":
+			err = flag(d, &rc.DisableIdentity)
+		default:
+			return nil, d.Errf("unrecognized redis option %q", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	modes := 0
+	for _, set := range []bool{rc.URL != "", len(rc.Sentinels) > 0, len(rc.Cluster) > 0} {
+		if set {
+			modes++
+		}
+	}
+	if modes != 1 {
+		return nil, d.Err("redis needs exactly one of a url, sentinel or cluster")
+	}
+	return rc, nil
 }
 
 func parseSiteContext(d *caddyfile.Dispenser) (*SiteContext, error) {

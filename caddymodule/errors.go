@@ -33,6 +33,19 @@ var (
 	errInvalidRequest     = &apiError{http.StatusBadRequest, "INVALID_REQUEST", "The Authorization header is malformed.", "invalid_request"}
 	errTwoCredentials     = &apiError{http.StatusBadRequest, "INVALID_REQUEST", "More than one credential was presented.", "invalid_request"}
 	errIdentityDown       = &apiError{http.StatusServiceUnavailable, "IDENTITY_UNAVAILABLE", "Identity cannot be reached to check the credentials; retry later.", "identity_unavailable"}
+
+	errSignIn         = &apiError{http.StatusUnauthorized, "MISSING_CREDENTIALS", "Sign in, or present a bearer token.", "missing_credentials"}
+	errBearerRefused  = &apiError{http.StatusUnauthorized, "INVALID_TOKEN", "Bearer tokens are not accepted here; sign in.", "invalid_token"}
+	errSessionExpired = &apiError{http.StatusUnauthorized, "SESSION_EXPIRED", "The session has ended; sign in again.", "session_expired"}
+	errStoreDown      = &apiError{http.StatusServiceUnavailable, "SESSION_STORE_UNAVAILABLE", "Sessions cannot be read right now; retry later.", "store_unavailable"}
+	errLoginFailed    = &apiError{http.StatusUnauthorized, "LOGIN_FAILED", "Sign-in failed.", "login_failed"}
+	errBadLogin       = &apiError{http.StatusBadRequest, "INVALID_REQUEST", "The body must be JSON: {\"username\": …, \"password\": …}.", "invalid_request"}
+	errContentType    = &apiError{http.StatusUnsupportedMediaType, "INVALID_REQUEST", "The body must be application/json.", "invalid_request"}
+	errCrossSite      = &apiError{http.StatusForbidden, "CROSS_SITE_REQUEST", "Cross-site requests to this endpoint are refused.", "cross_site"}
+	errNoEndpoint     = &apiError{http.StatusNotFound, "NOT_FOUND", "No such sitegate endpoint.", "not_found"}
+	errMethod         = &apiError{http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "This endpoint does not take this method.", "method_not_allowed"}
+	// errClientGone: the client went away while sitegate waited on its behalf (nginx's 499).
+	errClientGone = &apiError{499, "CLIENT_CLOSED_REQUEST", "The client closed the request.", "client_gone"}
 )
 
 // siteContextError is a 400 or 403 about x-site-context; its message is the sitecontext package's
@@ -56,7 +69,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, e *apiError) erro
 	switch e.status {
 	case http.StatusUnauthorized:
 		challenge := `Bearer realm="sitegate"`
-		if e != errMissingCredentials {
+		if e != errMissingCredentials && e != errSignIn {
 			challenge += fmt.Sprintf(`, error="invalid_token", error_description=%q`, e.message)
 		}
 		w.Header().Set("WWW-Authenticate", challenge)

@@ -22,14 +22,35 @@ const maxAuthorization = 8 << 10
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	client := r.Header.Values(sitecontext.Header) // read before the strip removes it
 	h.owned.strip(r.Header)
+	cookieID, twoCookies := takeCookie(r.Header, h.cookie)
 	if h.Anonymous {
 		requests.inc("anonymous")
 		return next.ServeHTTP(w, r)
 	}
+	if g := h.gate; g != nil {
+		if twoCookies {
+			return h.fail(w, r, errTwoCredentials)
+		}
+		c, apiErr := g.sessionCredential(r.Header, cookieID)
+		if apiErr != nil {
+			return h.fail(w, r, apiErr)
+		}
+		if g.isEndpoint(r.URL.Path) {
+			return h.serveEndpoint(w, r, c)
+		}
+		if c.id != "" {
+			return h.serveSession(w, r, next, c, client)
+		}
+	}
 
 	raw, apiErr := bearerToken(r.Header)
-	if apiErr != nil {
+	switch {
+	case apiErr == errMissingCredentials && h.gate != nil:
+		return h.fail(w, r, errSignIn)
+	case apiErr != nil:
 		return h.fail(w, r, apiErr)
+	case h.validator == nil:
+		return h.fail(w, r, errBearerRefused)
 	}
 	id, err := h.validator.Validate(r.Context(), raw)
 	if err != nil {
@@ -53,23 +74,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case err != nil:
 		return h.fail(w, r, siteContextError(http.StatusBadRequest, err))
 	}
-	if site.Value != "" {
-		r.Header[sitecontext.Header] = []string{site.Value}
-		if h.v3Headers {
-			r.Header[sitecontext.TenantHeader] = []string{site.Account}
-			if site.Channel != 0 {
-				r.Header[sitecontext.ChannelHeader] = []string{strconv.Itoa(site.Channel)}
-			}
-		}
-	}
-
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	setIdentity(repl, id, site.Account)
-	for name, tmpl := range h.IdentityHeaders {
-		if v := headerValue(repl.ReplaceKnown(tmpl, "")); v != "" {
-			r.Header.Set(name, v)
-		}
-	}
+	h.inject(r, id, site)
 	requests.inc("ok")
 	return next.ServeHTTP(w, r)
 }

@@ -1,11 +1,15 @@
 package caddymodule
 
 import (
+	"context"
 	"errors"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sitegate/sitegate/sessions"
 )
 
 // Collectors are created once per process and registered into the registry of every config
@@ -24,6 +28,26 @@ var (
 	metricUnknownKID *prometheus.CounterVec
 	// sitegate_introspection_total{result}: valid, invalid, unavailable, cache_hit.
 	metricIntrospection *prometheus.CounterVec
+
+	// sitegate_session_refreshes_total{dialect,result}: ok, coalesced, rejected, unavailable.
+	metricRefreshes *prometheus.CounterVec
+	// sitegate_session_refresh_duration_seconds{dialect}: identity refresh calls.
+	metricRefreshSeconds *prometheus.HistogramVec
+	// sitegate_session_refresh_lock_wait_seconds: from asking for a refresh until this
+	// instance holds the lock, or until a peer's result arrives.
+	metricLockWait prometheus.Histogram
+	// sitegate_session_store_duration_seconds{op} and sitegate_session_store_errors_total{op}:
+	// session store operations (create, load, save, touch, delete, ping, lock) and failures to
+	// reach the store.
+	metricStoreSeconds *prometheus.HistogramVec
+	metricStoreErrors  *prometheus.CounterVec
+	// sitegate_sessions_created_total{dialect}, sitegate_sessions_deleted_total{reason}: logout,
+	// rejected (Identity refused a refresh), replaced (a new sign-in with the old cookie).
+	metricSessionsCreated *prometheus.CounterVec
+	metricSessionsDeleted *prometheus.CounterVec
+	// sitegate_upstream_401_replays_total: session requests replayed with a refreshed token
+	// after the upstream answered 401.
+	metricReplays prometheus.Counter
 )
 
 func newMetrics() {
@@ -36,6 +60,24 @@ func newMetrics() {
 	metricUnknownKID = counter("jwks_unknown_kid_total", "Tokens naming a key id missing from the key set, by whether a refetch was made.", "refetched")
 	metricIntrospection = counter("introspection_total", "Token introspection calls and cache hits, by result.", "result")
 	requests.vec, validations.vec = metricRequests, metricValidations
+
+	metricRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sitegate", Name: "session_refreshes_total",
+		Help: "Session token refreshes, by dialect and result."}, []string{"dialect", "result"})
+	metricRefreshSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "sitegate", Name: "session_refresh_duration_seconds",
+		Help: "Duration of identity refresh calls, by dialect.", Buckets: prometheus.DefBuckets}, []string{"dialect"})
+	metricLockWait = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "sitegate", Name: "session_refresh_lock_wait_seconds",
+		Help: "Time a refresh waited for the session's lock or for a peer's result.", Buckets: prometheus.DefBuckets})
+	metricStoreSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "sitegate", Name: "session_store_duration_seconds",
+		Help:    "Duration of session store operations, by operation.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}, []string{"op"})
+	metricStoreErrors = counter("session_store_errors_total", "Session store operations that could not reach the store, by operation.", "op")
+	metricSessionsCreated = counter("sessions_created_total", "Sessions created by sign-in, by dialect.", "dialect")
+	metricSessionsDeleted = counter("sessions_deleted_total", "Sessions deleted by sitegate, by reason (logout, rejected, replaced).", "reason")
+	metricReplays = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sitegate", Name: "upstream_401_replays_total",
+		Help: "Session requests replayed with a refreshed token after the upstream answered 401."})
+	for _, op := range []string{"create", "load", "save", "touch", "delete", "ping", "lock"} {
+		storeOps[op] = storeOp{metricStoreSeconds.WithLabelValues(op), metricStoreErrors.WithLabelValues(op)}
+	}
 }
 
 // registerMetrics registers the collectors into reg. reg may be nil (Caddy 2.11 can lose the
@@ -45,7 +87,8 @@ func registerMetrics(reg prometheus.Registerer) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{metricRequests, metricValidations, metricJWKSFetches, metricUnknownKID, metricIntrospection} {
+	for _, c := range []prometheus.Collector{metricRequests, metricValidations, metricJWKSFetches, metricUnknownKID, metricIntrospection,
+		metricRefreshes, metricRefreshSeconds, metricLockWait, metricStoreSeconds, metricStoreErrors, metricSessionsCreated, metricSessionsDeleted, metricReplays} {
 		var dup prometheus.AlreadyRegisteredError
 		if err := reg.Register(c); err != nil && !errors.As(err, &dup) {
 			return err
@@ -80,3 +123,72 @@ func (observer) UnknownKID(refetched bool) {
 }
 func (observer) Introspection(result string) { metricIntrospection.WithLabelValues(result).Inc() }
 func (observer) Validation(result string)    { validations.inc(result) }
+
+// storeOp holds the collectors of one store operation.
+type storeOp struct {
+	seconds prometheus.Observer
+	errors  prometheus.Counter
+}
+
+var storeOps = map[string]storeOp{} // written once by newMetrics
+
+// observe records one operation that started at start; only failures to reach the store count
+// as errors (not found, conflicts and a held lock are answers).
+func (o storeOp) observe(start time.Time, err error) {
+	o.seconds.Observe(time.Since(start).Seconds())
+	if errors.Is(err, sessions.ErrUnavailable) {
+		o.errors.Inc()
+	}
+}
+
+// instrumented is a session store that feeds the store metrics.
+type instrumented struct{ sessions.LockingStore }
+
+func (s instrumented) Create(ctx context.Context, sess *sessions.Session) error {
+	start := time.Now()
+	err := s.LockingStore.Create(ctx, sess)
+	storeOps["create"].observe(start, err)
+	return err
+}
+
+func (s instrumented) Load(ctx context.Context, id string) (*sessions.Session, error) {
+	start := time.Now()
+	sess, err := s.LockingStore.Load(ctx, id)
+	storeOps["load"].observe(start, err)
+	return sess, err
+}
+
+func (s instrumented) Save(ctx context.Context, sess *sessions.Session, expect uint64) error {
+	start := time.Now()
+	err := s.LockingStore.Save(ctx, sess, expect)
+	storeOps["save"].observe(start, err)
+	return err
+}
+
+func (s instrumented) Touch(ctx context.Context, id string, lastSeen time.Time) error {
+	start := time.Now()
+	err := s.LockingStore.Touch(ctx, id, lastSeen)
+	storeOps["touch"].observe(start, err)
+	return err
+}
+
+func (s instrumented) Delete(ctx context.Context, id string) error {
+	start := time.Now()
+	err := s.LockingStore.Delete(ctx, id)
+	storeOps["delete"].observe(start, err)
+	return err
+}
+
+func (s instrumented) Ping(ctx context.Context) error {
+	start := time.Now()
+	err := s.LockingStore.Ping(ctx)
+	storeOps["ping"].observe(start, err)
+	return err
+}
+
+func (s instrumented) TryLock(ctx context.Context, id string, ttl time.Duration) (sessions.Lease, error) {
+	start := time.Now()
+	l, err := s.LockingStore.TryLock(ctx, id, ttl)
+	storeOps["lock"].observe(start, err)
+	return l, err
+}

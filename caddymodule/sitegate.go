@@ -1,9 +1,6 @@
 package caddymodule
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -74,6 +71,14 @@ type Handler struct {
 	// escaped. Clients cannot send these headers: they are always stripped.
 	IdentityHeaders map[string]string `json:"identity_headers,omitempty"`
 
+	// Identity is the identity service users sign in to at <endpoints>/login. Setting it turns
+	// on sessions: the session cookie or an "Authorization: Session <handle>" header
+	// authenticates a request, and sitegate forwards it with the session's access token,
+	// refreshed before it expires.
+	Identity *Identity `json:"identity,omitempty"`
+	// Session configures sessions. Default: in memory, 30m idle timeout, 12h lifetime.
+	Session *Sessions `json:"session,omitempty"`
+
 	// UseHandleErrors returns errors to Caddy instead of writing the APIError body, so that
 	// handle_errors routes render them; {http.sitegate.error.code} and
 	// {http.sitegate.error.message} are set.
@@ -81,6 +86,8 @@ type Handler struct {
 
 	validator *tokens.Validator
 	poolKey   string
+	gate      *sessionGate
+	cookie    string // the session cookie's name, removed from every request
 	sites     *sitecontext.Builder
 	v3Headers bool
 	owned     ownedHeaders
@@ -152,6 +159,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.owned = append(ownedHeaders{sitecontext.Header, sitecontext.TenantHeader, sitecontext.ChannelHeader}, identityHeaders...)
 	h.v3Headers = sc.FabricV3Headers
+	h.cookie = defaultCookie
+	if h.Session != nil && h.Session.Cookie != "" {
+		h.cookie = h.Session.Cookie
+	}
 	if h.Anonymous {
 		return nil
 	}
@@ -162,6 +173,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("site_context: %w", err)
+	}
+	if h.Identity != nil {
+		if err := h.provisionSessions(); err != nil {
+			return err
+		}
+		if !h.bearerConfigured() {
+			return nil // sessions only: bearer tokens are refused
+		}
 	}
 	cfg, err := h.tokensConfig()
 	if err != nil {
@@ -187,6 +206,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.validator = v.(pooledValidator).Validator
 	return nil
+}
+
+// bearerConfigured reports whether any bearer token source is configured.
+func (h *Handler) bearerConfigured() bool {
+	return h.Issuer != "" || len(h.JWKSURLs) > 0 || h.Discovery != "" || len(h.PublicKeyFiles) > 0 || h.Introspection != nil
 }
 
 // tokensConfig turns the JSON config into the validator's, resolving placeholders and reading
@@ -263,15 +287,8 @@ func fingerprint(cfg tokens.Config) (string, error) {
 	for i, k := range cfg.PublicKeys {
 		keys[i] = fmt.Sprintf("%T%v", k, k)
 	}
-	b, err := json.Marshal([]any{
-		cfg.Issuer, cfg.Audiences, cfg.Algorithms, cfg.Leeway, cfg.RefreshInterval,
-		cfg.JWKSURLs, cfg.DiscoveryURL, keys, cfg.Introspection,
-	})
-	if err != nil {
-		return "", fmt.Errorf("fingerprinting the token configuration: %w", err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:]), nil
+	return hashJSON(cfg.Issuer, cfg.Audiences, cfg.Algorithms, cfg.Leeway, cfg.RefreshInterval,
+		cfg.JWKSURLs, cfg.DiscoveryURL, keys, cfg.Introspection)
 }
 
 // Validate checks what Provision could not: header names and option combinations.
@@ -285,19 +302,20 @@ func (h *Handler) Validate() error {
 		}
 	}
 	if h.Anonymous {
-		if h.Issuer != "" || len(h.JWKSURLs) > 0 || h.Discovery != "" || len(h.PublicKeyFiles) > 0 || h.Introspection != nil || len(h.IdentityHeaders) > 0 {
+		if h.bearerConfigured() || len(h.IdentityHeaders) > 0 {
 			return errors.New("anonymous takes no token, introspection or identity options")
 		}
 	}
-	return nil
+	return h.validateSessions()
 }
 
-// Cleanup releases the pooled validator.
+// Cleanup releases the pooled validator and session store.
 func (h *Handler) Cleanup() error {
-	if h.poolKey == "" {
-		return nil
+	err := h.cleanupSessions()
+	if h.poolKey != "" {
+		_, verr := validators.Delete(h.poolKey)
+		err = errors.Join(err, verr)
 	}
-	_, err := validators.Delete(h.poolKey)
 	return err
 }
 
