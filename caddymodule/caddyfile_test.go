@@ -176,6 +176,54 @@ func TestSitegateCaddyfile(t *testing.T) {
 		t.Errorf("adapted JSON\n got: %s\nwant: %s", got, want)
 	}
 
+	mh, err = parseSitegate(httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser(`sitegate {
+		site_context {
+			account 5f689caa4216e7000750d1ef
+		}
+		identity fabric_v1 https://prod01-apigw.acme.fabric.zone {
+			api_key {env.FABRIC_API_KEY}
+			timeout 5s
+			max_concurrent 16
+		}
+		session {
+			store redis {
+				sentinel mymaster 10.0.0.1:26379 10.0.0.2:26379
+				username sitegate
+				password {env.REDIS_PASSWORD}
+				db 2
+				tls
+				key_prefix acme:
+				timeout 1s
+				disable_identity
+			}
+			key {env.SITEGATE_KEY} {env.SITEGATE_OLD_KEY}
+			idle_timeout 15m
+			lifetime 8h
+			refresh_before 90s
+			cookie __Host-acme
+			endpoints /auth
+			allow_origin https://app.acme.example
+		}
+	}`)})
+	want = `{"site_context":{"account":"5f689caa4216e7000750d1ef"},` +
+		`"identity":{"dialect":"fabric_v1","url":"https://prod01-apigw.acme.fabric.zone","api_key":"{env.FABRIC_API_KEY}","timeout":5000000000,"max_concurrent":16},` +
+		`"session":{"redis":{"master_name":"mymaster","sentinels":["10.0.0.1:26379","10.0.0.2:26379"],"username":"sitegate","password":"{env.REDIS_PASSWORD}","db":2,"tls":true,"key_prefix":"acme:","timeout":1000000000,"disable_identity":true},` +
+		`"keys":["{env.SITEGATE_KEY}","{env.SITEGATE_OLD_KEY}"],"idle_timeout":900000000000,"lifetime":28800000000000,"refresh_before":90000000000,` +
+		`"cookie":"__Host-acme","endpoints":"/auth","allow_origins":["https://app.acme.example"]}}`
+	if err != nil || string(caddyconfig.JSON(mh, nil)) != want {
+		t.Errorf("sessions: %v\n got: %s\nwant: %s", err, caddyconfig.JSON(mh, nil), want)
+	}
+	for body, want := range map[string]string{
+		"store redis redis://127.0.0.1:6379/0":      `{"redis":{"url":"redis://127.0.0.1:6379/0"}}`,
+		"store redis {\n cluster a:7000 b:7000\n}": `{"redis":{"cluster":["a:7000","b:7000"]}}`,
+		"store memory":                              `{}`,
+	} {
+		mh, err := parseSitegate(httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser("sitegate {\n identity ece http://ece\n session {\n " + body + "\n }\n}")})
+		if got := string(caddyconfig.JSON(mh, nil)); err != nil || !strings.Contains(got, `"session":`+want) {
+			t.Errorf("%s: %v %s, want session %s", body, err, got, want)
+		}
+	}
+
 	mh, err = parseSitegate(httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser("sitegate {\n anonymous\n}")})
 	if err != nil || string(caddyconfig.JSON(mh, nil)) != `{"anonymous":true}` {
 		t.Errorf("anonymous: %v %s", err, caddyconfig.JSON(mh, nil))
@@ -200,6 +248,19 @@ func TestSitegateCaddyfileErrors(t *testing.T) {
 		{"identity header without value", "identity_header X-User-Id", "identity_header takes a header name and a value", 3},
 		{"identity header twice", "identity_header X-A a\n\tidentity_header X-A b", "identity_header X-A is set twice", 4},
 		{"flag with argument", "anonymous yes", "wrong argument count", 3},
+		{"identity without url", "identity fabric_v1", "identity takes a dialect (fabric_v1 or ece) and the service's base URL", 3},
+		{"unknown dialect", "identity saml https://idp", `identity: unknown dialect "saml"`, 3},
+		{"unknown identity option", "identity ece https://ece {\n\t\tretries 3\n\t}", `unrecognized identity option "retries"`, 4},
+		{"session argument", "session redis", "wrong argument count", 3},
+		{"unknown store", "session {\n\t\tstore etcd\n\t}", `unknown session store "etcd" (want memory or redis)`, 4},
+		{"store without kind", "session {\n\t\tstore\n\t}", "store takes memory or redis", 4},
+		{"redis without address", "session {\n\t\tstore redis\n\t}", "redis needs exactly one of a url, sentinel or cluster", 4},
+		{"redis two modes", "session {\n\t\tstore redis redis://a {\n\t\t\tcluster b:1\n\t\t}\n\t}", "redis needs exactly one of a url, sentinel or cluster", 6},
+		{"sentinel without addresses", "session {\n\t\tstore redis {\n\t\t\tsentinel mymaster\n\t\t}\n\t}", "sentinel takes the master name and one or more sentinel addresses", 5},
+		{"bad db", "session {\n\t\tstore redis {\n\t\t\tdb one\n\t\t}\n\t}", `db takes a database number, got "one"`, 5},
+		{"unknown redis option", "session {\n\t\tstore redis {\n\t\t\tpool 10\n\t\t}\n\t}", `unrecognized redis option "pool"`, 5},
+		{"unknown session option", "session {\n\t\tsecure off\n\t}", `unrecognized session option "secure"`, 4},
+		{"bad idle timeout", "session {\n\t\tidle_timeout -1m\n\t}", `idle_timeout: duration must be positive, got "-1m"`, 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := "http://:8080 {\n\tsitegate {\n\t" + tc.body + "\n\t}\n}\n"
@@ -248,6 +309,11 @@ func TestSitegateProvisionErrors(t *testing.T) {
 		{"bad key file", `{"issuer":"https://idp.test","audiences":["a"],"public_key_files":["` + pem + `"]}`, "public_key " + pem},
 		{"unset variable", `{"introspection":{"url":"https://idp.test/self","headers":{"x-api-key":"{env.SITEGATE_TEST_UNSET}"}}}`, "introspect header x-api-key"},
 		{"client may not choose the account", `{"introspection":{"url":"https://idp.test/self"},"site_context":{"allow_client":["account"]}}`, "site_context: allow_client"},
+		{"bad session key", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"keys":["c2hvcnQ="]}}`, "session key 1"},
+		{"unset session key", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"keys":["{env.SITEGATE_TEST_UNSET}"]}}`, "session key 1"},
+		{"unset redis password", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"keys":["` + testSessionKey + `"],"redis":{"url":"redis://127.0.0.1","password":"{env.SITEGATE_TEST_UNSET}"}}}`, "redis password"},
+		{"bad redis url", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"keys":["` + testSessionKey + `"],"redis":{"url":"http://u:hunter2@127.0.0.1"}}}`, "redis url scheme"},
+		{"relative identity url", `{"identity":{"dialect":"ece","url":"/ece"}}`, "identity"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler
@@ -259,6 +325,9 @@ func TestSitegateProvisionErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("provision: %v, want an error containing %q", err, tc.want)
 			}
+			if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "c2hvcnQ") {
+				t.Errorf("provision error leaks a secret: %v", err)
+			}
 		})
 	}
 
@@ -266,6 +335,15 @@ func TestSitegateProvisionErrors(t *testing.T) {
 		{"anonymous with token options", `{"anonymous":true,"issuer":"https://idp.test"}`, "anonymous takes no"},
 		{"bad identity header name", `{"introspection":{"url":"https://idp.test/self"},"identity_headers":{"X User":"{http.auth.user.id}"}}`, "not a valid header name"},
 		{"identity header owned by site_context", `{"introspection":{"url":"https://idp.test/self"},"identity_headers":{"x_site_context":"x"}}`, "set by site_context"},
+		{"session without identity", `{"session":{}}`, "session needs an identity"},
+		{"anonymous with identity", `{"anonymous":true,"identity":{"dialect":"ece","url":"http://ece"}}`, "anonymous takes no identity"},
+		{"fabric_v1 without account", `{"identity":{"dialect":"fabric_v1","url":"http://idp"}}`, "identity fabric_v1 needs site_context account"},
+		{"unknown dialect", `{"identity":{"dialect":"saml","url":"http://idp"}}`, `unknown dialect "saml"`},
+		{"identity without url", `{"identity":{"dialect":"ece"}}`, "identity needs a URL"},
+		{"redis without keys", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"redis":{"url":"redis://127.0.0.1"}}}`, "needs at least one key"},
+		{"bad cookie name", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"cookie":"a;b"}}`, "not a valid cookie name"},
+		{"bad endpoints", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"endpoints":"auth"}}`, "not a path prefix"},
+		{"bad origin", `{"identity":{"dialect":"ece","url":"http://ece"},"session":{"allow_origins":["https://app.example/path"]}}`, "not an origin"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler
@@ -278,3 +356,6 @@ func TestSitegateProvisionErrors(t *testing.T) {
 		})
 	}
 }
+
+// testSessionKey is a valid session key (32 bytes, base64).
+const testSessionKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="

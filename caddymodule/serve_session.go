@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -77,7 +78,7 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request, next cadd
 	now := time.Now()
 	if s.AccessExpiry.Sub(now) < g.refreshBefore {
 		var apiErr *apiError
-		if s, apiErr = h.refresh(r.Context(), s, false); apiErr != nil {
+		if s, apiErr = h.refresh(r.Context(), s); apiErr != nil {
 			return h.failSession(w, r, c, apiErr)
 		}
 	}
@@ -92,7 +93,7 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request, next cadd
 	g.touch(s, now)
 	h.inject(r, id, site)
 	requests.inc("session")
-	return h.forward(w, r, next, s)
+	return h.forward(w, r, next, c, s)
 }
 
 // sameIdentity refuses a bearer token sent with a session credential when it names another
@@ -155,23 +156,25 @@ func (h *Handler) failSession(w http.ResponseWriter, r *http.Request, c credenti
 	return h.fail(w, r, e)
 }
 
-// refresh gets new tokens for s once across every caller and instance. force refreshes even
-// when the access token is not about to expire (after an upstream 401). On failure it returns
+// refresh gets new tokens for s once across every caller and instance: unless another caller
+// has refreshed s already, Identity is called whatever s's expiry (an upstream 401 forces a
+// refresh). On failure it returns
 // the session to forward with when there is one (Identity is down but the token is still
 // valid), else an error: SESSION_EXPIRED (Identity refused; the session is deleted),
 // IDENTITY_UNAVAILABLE or SESSION_STORE_UNAVAILABLE.
-func (h *Handler) refresh(ctx context.Context, s *sessions.Session, force bool) (*sessions.Session, *apiError) {
+func (h *Handler) refresh(ctx context.Context, s *sessions.Session) (*sessions.Session, *apiError) {
 	g, b := h.gate, h.gate.backend
 	start := time.Now()
 	valid := s.AccessExpiry.After(start)
 	if b.coolingOff(s.ID, start) {
 		return keepIfValid(s, valid, errIdentityDown)
 	}
-	var lockWait time.Duration
+	var locked atomic.Int64 // when this caller's refresh function started, if it did
 	ns, outcome, err := b.refresher.Refresh(ctx, s, func(ctx context.Context, cur *sessions.Session) (*sessions.Session, error) {
-		lockWait = time.Since(start)
+		locked.Store(int64(time.Since(start)))
 		return g.callRefresh(ctx, cur)
 	})
+	lockWait := time.Duration(locked.Load())
 	if outcome == sessions.Coalesced || lockWait == 0 {
 		lockWait = time.Since(start)
 	}
@@ -274,7 +277,7 @@ func (g *sessionGate) touch(s *sessions.Session, now time.Time) {
 // forward calls next with the session's access token. A small request body is buffered, so
 // that an upstream 401 can be answered by one forced refresh and a replay. sitegate's cookie is
 // dropped from the upstream's Set-Cookie headers.
-func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, s *sessions.Session) error {
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, c credential, s *sessions.Session) error {
 	g := h.gate
 	r.Header.Set("Authorization", "Bearer "+s.AccessToken)
 	body, replayable, err := bufferBody(r)
@@ -299,21 +302,17 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	var ns *sessions.Session
 	var apiErr *apiError
 	if g.backend.allow(g.backend.forced, s.ID, time.Now(), forcedEvery) {
-		ns, apiErr = h.refresh(r.Context(), s, true)
+		ns, apiErr = h.refresh(r.Context(), s)
 	}
-	switch {
-	case apiErr == errSessionExpired:
-		clear(w.Header())
-		for k, v := range saved {
-			w.Header()[k] = v
-		}
-		return h.failSession(w, r, credential{cookie: true}, apiErr)
-	case ns == nil || ns.AccessToken == s.AccessToken:
+	if apiErr != errSessionExpired && (ns == nil || ns.AccessToken == s.AccessToken) {
 		return rec.WriteResponse() // nothing new to try: the upstream's 401 stands
 	}
-	clear(w.Header())
+	clear(w.Header()) // drop the held answer's headers
 	for k, v := range saved {
 		w.Header()[k] = v
+	}
+	if apiErr == errSessionExpired {
+		return h.failSession(w, r, c, apiErr)
 	}
 	metricReplays.Inc()
 	r.Header.Set("Authorization", "Bearer "+ns.AccessToken)
