@@ -214,9 +214,9 @@ func TestSitegateCaddyfile(t *testing.T) {
 		t.Errorf("sessions: %v\n got: %s\nwant: %s", err, caddyconfig.JSON(mh, nil), want)
 	}
 	for body, want := range map[string]string{
-		"store redis redis://127.0.0.1:6379/0":      `{"redis":{"url":"redis://127.0.0.1:6379/0"}}`,
+		"store redis redis://127.0.0.1:6379/0":     `{"redis":{"url":"redis://127.0.0.1:6379/0"}}`,
 		"store redis {\n cluster a:7000 b:7000\n}": `{"redis":{"cluster":["a:7000","b:7000"]}}`,
-		"store memory":                              `{}`,
+		"store memory": `{}`,
 	} {
 		mh, err := parseSitegate(httpcaddyfile.Helper{Dispenser: caddyfile.NewTestDispenser("sitegate {\n identity ece http://ece\n session {\n " + body + "\n }\n}")})
 		if got := string(caddyconfig.JSON(mh, nil)); err != nil || !strings.Contains(got, `"session":`+want) {
