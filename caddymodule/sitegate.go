@@ -24,15 +24,21 @@ func init() { caddy.RegisterModule(Handler{}) }
 //
 // For every request, first, it removes the headers it owns (x-site-context,
 // x-fabric-tenant-id, x-fabric-channel-id and each identity header), in any case, with "_" for
-// "-", and from Connection. Then it validates the bearer token: locally against JWKS, OIDC
-// discovery or static keys when the token's iss is the configured issuer, otherwise by
-// introspection. Then it builds x-site-context and sets the identity placeholders
-// {http.auth.user.id}, {http.auth.user.account} and {http.auth.user.<claim>} and the identity
-// headers.
+// "-", and from Connection, and its session cookie from Cookie. Then it authenticates the
+// request. With identity set, a session cookie or an "Authorization: Session <handle>" names a
+// server-side session, whose access token is refreshed before it expires (once across every
+// instance sharing the store) and forwarded as "Authorization: Bearer"; the endpoints under
+// session.endpoints (default /.sitegate) sign users in and out. Otherwise it validates the
+// bearer token: locally against JWKS, OIDC discovery or static keys when the token's iss is the
+// configured issuer, otherwise by introspection. Then it builds x-site-context and sets the
+// identity placeholders {http.auth.user.id}, {http.auth.user.account} and
+// {http.auth.user.<claim>} and the identity headers.
 //
-// Errors are fabric APIErrors: 401 MISSING_CREDENTIALS, INVALID_TOKEN or TOKEN_EXPIRED with a
-// WWW-Authenticate challenge; 400 INVALID_REQUEST or INVALID_SITE_CONTEXT; 403 ACCOUNT_MISMATCH;
-// 503 IDENTITY_UNAVAILABLE with Retry-After (keys not loaded yet, introspection unreachable).
+// Errors are fabric APIErrors: 401 MISSING_CREDENTIALS, INVALID_TOKEN, TOKEN_EXPIRED,
+// SESSION_EXPIRED or LOGIN_FAILED with a WWW-Authenticate challenge; 400 INVALID_REQUEST or
+// INVALID_SITE_CONTEXT; 403 ACCOUNT_MISMATCH or CROSS_SITE_REQUEST; 503 IDENTITY_UNAVAILABLE
+// (keys not loaded yet, introspection or refresh unreachable) or SESSION_STORE_UNAVAILABLE,
+// with Retry-After.
 type Handler struct {
 	// Anonymous serves public routes: headers are stripped, nothing is authenticated, no
 	// identity is set. No other option applies.
