@@ -10,12 +10,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/sitegate/sitegate/sessions"
 )
 
 // BenchmarkServeHTTP measures what the gateway adds to a request on the bearer path with a warm
@@ -58,6 +60,45 @@ func BenchmarkServeHTTP(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		// A fresh replacer and header map per request, as a server makes.
+		r := r0.WithContext(context.WithValue(r0.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+		r.Header = r0.Header.Clone()
+		if err := h.ServeHTTP(w, r, next); err != nil || r.Header.Get("X-User-Id") != "bench-user" {
+			b.Fatalf("ServeHTTP: %v, %v", err, r.Header)
+		}
+	}
+}
+
+// BenchmarkServeSession measures the session path on the memory store: the cookie, the load
+// (decoding and opening the sealed tokens), x-site-context, an identity header and the
+// response wrapper. bench/run.sh measures it on Redis under load.
+func BenchmarkServeSession(b *testing.B) {
+	h := &Handler{
+		Identity:        &Identity{Dialect: "fabric_v1", URL: "http://127.0.0.1:1"},
+		SiteContext:     &SiteContext{Account: "5f689caa4216e7000750d1ef", Channel: 12, Stage: "production"},
+		IdentityHeaders: map[string]string{"X-User-Id": "{http.auth.user.id}"},
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer h.Cleanup()
+	s := &sessions.Session{
+		UserID: "bench-user", Account: "5f689caa4216e7000750d1ef", Dialect: "fabric_v1", Roles: []string{"customer"},
+		AccessToken: strings.Repeat("a", 900), AccessExpiry: time.Now().Add(time.Hour),
+		RefreshToken: strings.Repeat("r", 300),
+	}
+	if err := h.gate.backend.store.Create(context.Background(), s); err != nil {
+		b.Fatal(err)
+	}
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	w := httptest.NewRecorder()
+	r0 := httptest.NewRequest("GET", "/orders", nil)
+	r0.Header.Set("Cookie", "theme=dark; __Host-sitegate="+s.ID)
+	r0.Header.Set("Accept", "application/json")
+
+	b.ReportAllocs()
+	for b.Loop() {
 		r := r0.WithContext(context.WithValue(r0.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 		r.Header = r0.Header.Clone()
 		if err := h.ServeHTTP(w, r, next); err != nil || r.Header.Get("X-User-Id") != "bench-user" {
