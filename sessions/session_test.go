@@ -60,7 +60,7 @@ func TestEncoding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b[0] != encodingV1 {
+	if b[0] != encodingV2 {
 		t.Fatalf("version byte %d", b[0])
 	}
 	for _, secret := range []string{s.ID, s.AccessToken, s.RefreshToken} {
@@ -81,16 +81,19 @@ func TestEncoding(t *testing.T) {
 		t.Fatalf("decode under another id: %v, want ErrUnreadable", err)
 	}
 	for name, bad := range map[string][]byte{
-		"unknown version": append([]byte{2}, b[1:]...),
+		"unknown version": append([]byte{1}, b[1:]...),
 		"empty":           nil,
-		"not json":        []byte("\x01{"),
+		"truncated":       b[:len(b)-1],
+		"trailing bytes":  append(bytes.Clone(b), 0),
+		"short":           []byte("\x02{"),
+		"bad version":     append([]byte("\x02x"), b[2:]...),
 	} {
 		if _, err := decode(s.ID, bad, kr); !errors.Is(err, ErrUnreadable) {
 			t.Errorf("%s: %v, want ErrUnreadable", name, err)
 		}
 	}
-	if _, err := decode(s.ID, append([]byte{2}, b[1:]...), kr); err == nil ||
-		err.Error() != "session record unreadable: unknown encoding version 2" {
+	if _, err := decode(s.ID, append([]byte{1}, b[1:]...), kr); err == nil ||
+		err.Error() != "session record unreadable: unknown encoding version 1" {
 		t.Errorf("unknown version error: %v", err)
 	}
 }
