@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -133,13 +134,86 @@ func TestDemo(t *testing.T) {
 	})
 
 	t.Run("the README's demo commands work as written", func(t *testing.T) {
-		out := runReadmeDemo(t)
+		runs, tmp := demoReadmeRuns(t)
+		var all strings.Builder
+		for _, r := range runs {
+			all.WriteString(r.output)
+		}
+		out := all.String()
 		for _, want := range []string{`"userType": "customer"`, `"error": "LOCAL_AUTH_FAILED"`, `"isDefault": true`,
-			`"error": "BAD_REQUEST"`, `"scope": "s2s"`, `"v1.login"`, "X-Site-Context: ",
+			`"error": "BAD_REQUEST"`, `"scope": "s2s"`, `"v1.login"`, `"endpoint": "v1.refresh"`, "X-Site-Context: ",
 			`X-Site-Context: {"account":"5f689caa4216e7000750d1ef","channel":13,"stage":"production"}`,
 			`"error": "ACCOUNT_MISMATCH"`, `Www-Authenticate: Bearer realm="sitegate"`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("the README demo's output lacks %q:\n%s", want, out)
+			}
+		}
+
+		// Sign in through the gateway: the session IDs are in the cookie jars (mktemp, in tmp);
+		// they, like the tokens, must never be logged.
+		jars, _ := filepath.Glob(filepath.Join(tmp, "*"))
+		cookies := 0
+		for _, jar := range jars {
+			b, _ := os.ReadFile(jar)
+			for _, m := range demoJarCookie.FindAllStringSubmatch(string(b), -1) {
+				secrets = append(secrets, m[1])
+				cookies++
+			}
+		}
+		if cookies == 0 {
+			t.Errorf("no session cookie in the demo's cookie jars %v", jars)
+		}
+
+		login := demoOutput(t, runs, "$GW/.sitegate/login | jq .")
+		for _, want := range []string{`"id": "680975f8bafd010586929aea"`, `"name": "Pat Kake"`,
+			`"account": "5f689caa4216e7000750d1ef"`, `"dialect": "fabric_v1"`} {
+			if !strings.Contains(login, want) {
+				t.Errorf("the login answer lacks %q:\n%s", want, login)
+			}
+		}
+		if strings.Contains(strings.ToLower(login), "token") || strings.Contains(login, "eyJ") {
+			t.Errorf("the login answer holds a token:\n%s", login)
+		}
+
+		call := demoOutput(t, runs, "-b 'theme=dark'")
+		for _, want := range []string{"GET /orders\n", "\nAuthorization: Bearer eyJ", "\nX-Site-Context: " + demoSite + "\n",
+			"\nX-User-Id: 680975f8bafd010586929aea\n", "\nCookie: theme=dark\n", `"dialect":"fabric_v1"`, `{"status":"ok"}`} {
+			if !strings.Contains(call, want) {
+				t.Errorf("the call through the gateway lacks %q:\n%s", want, call)
+			}
+		}
+		if strings.Contains(call, "__Host-sitegate") || strings.Contains(strings.ToLower(call), "token") {
+			t.Errorf("sitegate's cookie or a token reached the upstream's view or the session answer:\n%s", call)
+		}
+
+		refresh := demoOutput(t, runs, "sleep ")
+		m := demoRefreshed.FindStringSubmatch(refresh)
+		if m == nil || m[1] == m[2] {
+			t.Errorf("the upstream's bearer token did not change after the sleep:\n%s", refresh)
+		} else {
+			secrets = append(secrets, m[1], m[2]) // tails of the session's access tokens
+		}
+		var calls struct {
+			Calls             map[string]int `json:"calls"`
+			RefreshTokenReuse *int           `json:"refresh_token_reuse"`
+		}
+		_, counters, _ := strings.Cut(refresh, "\n{")
+		decode(t, "{"+counters, &calls)
+		if calls.Calls["v1.refresh"] != 1 || calls.RefreshTokenReuse == nil || *calls.RefreshTokenReuse != 0 {
+			t.Errorf("want exactly one refresh at Identity, no refresh token presented twice:\n%s", refresh)
+		}
+
+		handle := demoOutput(t, runs, `"handle":true`)
+		if !strings.Contains(handle, "\nAuthorization: Bearer eyJ") || strings.Contains(handle, "Session") {
+			t.Errorf("a handle's request did not reach the upstream with the session's bearer token alone:\n%s", handle)
+		}
+
+		logout := demoOutput(t, runs, "/.sitegate/logout")
+		for _, want := range []string{"HTTP/1.1 204 No Content", "Set-Cookie: __Host-sitegate=; Path=/; Max-Age=0;",
+			`"code": "401"`, `"error": "SESSION_EXPIRED"`, "HTTP/1.1 401 Unauthorized",
+			`Www-Authenticate: Bearer realm="sitegate", error="invalid_token", error_description="The session has ended; sign in again."`} {
+			if !strings.Contains(logout, want) {
+				t.Errorf("logout and the calls after it lack %q:\n%s", want, logout)
 			}
 		}
 	})
@@ -176,9 +250,23 @@ func jwks(t *testing.T, body string) map[string]*rsa.PublicKey {
 // readmeDemo matches the shell blocks of the README that follow a "<!-- demo -->" marker.
 var readmeDemo = regexp.MustCompile("(?s)<!-- demo -->\\s*```sh\n(.*?)```")
 
-// runReadmeDemo runs the README's demo commands with bash against the running demo and returns
-// their output. They need curl and jq: CI installs both; elsewhere the test is skipped without them.
-func runReadmeDemo(t *testing.T) string {
+var (
+	// demoJarCookie finds sitegate's session cookie in a curl cookie jar.
+	demoJarCookie = regexp.MustCompile(`\t__Host-sitegate\t(\S+)`)
+	// demoRefreshed finds the tails of the tokens the upstream saw before and after a refresh.
+	demoRefreshed = regexp.MustCompile(`before: …(\S+)\nafter: +…(\S+)`)
+)
+
+// demoEnd is printed after each demo block, to tell their outputs apart.
+const demoEnd = "--- end of a README demo block ---"
+
+// demoRun is a README demo block and what it printed.
+type demoRun struct{ script, output string }
+
+// demoReadmeRuns runs the README's demo blocks in one bash, in order, against the running demo,
+// and returns each block's output, and the TMPDIR they ran with (where mktemp puts the cookie
+// jars). They need curl and jq: CI installs both; elsewhere the test is skipped without them.
+func demoReadmeRuns(t *testing.T) ([]demoRun, string) {
 	t.Helper()
 	for _, tool := range []string{"bash", "curl", "jq"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -194,11 +282,34 @@ func runReadmeDemo(t *testing.T) string {
 	}
 	script := "set -euo pipefail\n"
 	for _, b := range blocks {
-		script += b[1]
+		script += b[1] + "printf '\\n%s\\n' '" + demoEnd + "'\n"
 	}
-	out, err := exec.Command("bash", "-c", script).CombinedOutput()
+	tmp := t.TempDir()
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("the README's demo commands failed: %v\n%s", err, out)
 	}
-	return string(out)
+	outputs := strings.Split(string(out), "\n"+demoEnd+"\n")
+	if len(outputs) != len(blocks)+1 {
+		t.Fatalf("%d demo blocks printed %d outputs:\n%s", len(blocks), len(outputs)-1, out)
+	}
+	runs := make([]demoRun, len(blocks))
+	for i, b := range blocks {
+		runs[i] = demoRun{script: b[1], output: outputs[i]}
+	}
+	return runs, tmp
+}
+
+// demoOutput returns the output of the first demo block whose commands contain s.
+func demoOutput(t *testing.T, runs []demoRun, s string) string {
+	t.Helper()
+	for _, r := range runs {
+		if strings.Contains(r.script, s) {
+			return r.output
+		}
+	}
+	t.Fatalf("no README demo block runs %q", s)
+	return ""
 }
