@@ -29,6 +29,19 @@ func (g *sessionGate) isEndpoint(path string) bool {
 // under the prefix reaches the upstream.
 func (h *Handler) serveEndpoint(w http.ResponseWriter, r *http.Request, c credential) error {
 	w.Header().Set("Cache-Control", "no-store")
+	if o := r.Header.Get("Origin"); o != "" && h.gate.origins[strings.ToLower(o)] {
+		// CORS for allow-listed origins, credentials included; a preflight ends here.
+		w.Header().Set("Access-Control-Allow-Origin", o)
+		w.Header().Set("Access-Control-Allow-Credentials", "true")
+		w.Header().Add("Vary", "Origin")
+		if r.Method == http.MethodOptions {
+			w.Header().Set("Access-Control-Allow-Methods", "GET, POST")
+			w.Header().Set("Access-Control-Allow-Headers", "Content-Type, Authorization")
+			w.Header().Set("Access-Control-Max-Age", "600")
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+	}
 	var method string
 	var serve func(http.ResponseWriter, *http.Request, credential) error
 	switch strings.TrimPrefix(r.URL.Path, h.gate.prefix) {
@@ -137,6 +150,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, c credential) er
 	} else {
 		g.setCookie(w, s)
 	}
+	requests.inc("endpoint")
 	return writeJSON(w, http.StatusOK, view)
 }
 
@@ -157,6 +171,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, c credential) e
 		metricSessionsDeleted.WithLabelValues("logout").Inc()
 	}
 	g.clearCookie(w)
+	requests.inc("endpoint")
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -187,6 +202,7 @@ func (h *Handler) describeSession(w http.ResponseWriter, r *http.Request, c cred
 		return h.sessionFailed(w, r, c, err)
 	}
 	g.touch(s, time.Now())
+	requests.inc("endpoint")
 	return writeJSON(w, http.StatusOK, g.view(s))
 }
 
@@ -200,6 +216,7 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request, _ credential) 
 	if err := h.gate.backend.store.Ping(ctx); err != nil {
 		return h.fail(w, r, errStoreDown)
 	}
+	requests.inc("endpoint")
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 

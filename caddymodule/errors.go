@@ -69,7 +69,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, e *apiError) erro
 	switch e.status {
 	case http.StatusUnauthorized:
 		challenge := `Bearer realm="sitegate"`
-		if e != errMissingCredentials && e != errSignIn {
+		if e.code == "INVALID_TOKEN" || e.code == "TOKEN_EXPIRED" { // RFC 6750 errors are about bearer tokens
 			challenge += fmt.Sprintf(`, error="invalid_token", error_description=%q`, e.message)
 		}
 		w.Header().Set("WWW-Authenticate", challenge)

@@ -44,9 +44,9 @@ type Sessions struct {
 	// (one instance; sessions survive config reloads, not restarts).
 	Redis *Redis `json:"redis,omitempty"`
 	// Keys seal the tokens in stored sessions: 32 bytes each, base64 (std or url) or hex,
-	// usually {env.SITEGATE_SESSION_KEY}. The first seals, every one opens, so a key rotates
-	// by adding a new one first and dropping the old one a lifetime later. Required with Redis;
-	// the memory store makes up a key when none is given.
+	// usually {env.SITEGATE_SESSION_KEY}. The first seals, every one opens. To rotate across
+	// replicas: add the new key second everywhere, then move it first, then drop the old one a
+	// lifetime later. Required with Redis; the memory store makes up a key when none is given.
 	Keys []string `json:"keys,omitempty"`
 	// IdleTimeout ends a session after this long without a request. Default: 30m.
 	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
@@ -286,18 +286,22 @@ func (h *Handler) provisionSessions() error {
 	}
 
 	var ro *sessions.RedisOptions
+	var redisKey string
 	if cfg.Redis != nil {
 		if ro, err = redisOptions(cfg.Redis); err != nil {
 			return err
 		}
+		if redisKey, err = redisFingerprint(ro); err != nil {
+			return err
+		}
 	}
 	// Handlers share a memory store only when they front the same identity service.
-	key, err := hashJSON("backend", ro, keyIDs, opts.IdleTimeout, opts.Lifetime, id.Dialect, base)
+	key, err := hashJSON("backend", redisKey, keyIDs, opts.IdleTimeout, opts.Lifetime, id.Dialect, base)
 	if err != nil {
 		return err
 	}
 	v, _, err := backends.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newBackend(ro, opts, h.logger)
+		return newBackend(ro, redisKey, opts, h.logger)
 	})
 	if err != nil {
 		return err
@@ -307,7 +311,8 @@ func (h *Handler) provisionSessions() error {
 	return nil
 }
 
-func newBackend(ro *sessions.RedisOptions, opts sessions.Options, logger *zap.Logger) (*backend, error) {
+// newBackend builds a backend on the memory store, or on Redis (ro, whose pool key is rkey).
+func newBackend(ro *sessions.RedisOptions, rkey string, opts sessions.Options, logger *zap.Logger) (*backend, error) {
 	b := &backend{cooling: map[string]time.Time{}, forced: map[string]time.Time{}}
 	var store sessions.LockingStore
 	if ro == nil {
@@ -318,10 +323,6 @@ func newBackend(ro *sessions.RedisOptions, opts sessions.Options, logger *zap.Lo
 		store = m
 	} else {
 		redisLoggerOnce.Do(func() { redis.SetLogger(redisLogger{logger.Named("redis")}) })
-		rkey, err := hashJSON("redis", ro)
-		if err != nil {
-			return nil, err
-		}
 		v, _, err := redisPools.LoadOrNew(rkey, func() (caddy.Destructor, error) {
 			r, err := sessions.OpenRedis(*ro)
 			if err != nil {
@@ -370,6 +371,13 @@ func redisOptions(c *Redis) (*sessions.RedisOptions, error) {
 		ro.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	return ro, nil
+}
+
+// redisFingerprint is the pool key of a Redis deployment's options.
+func redisFingerprint(ro *sessions.RedisOptions) (string, error) {
+	plain := *ro
+	plain.TLS = nil // a tls.Config has no JSON form; TLS is on or off
+	return hashJSON("redis", plain, ro.TLS != nil)
 }
 
 // hashJSON fingerprints values for a pool key; secrets enter only through the hash.

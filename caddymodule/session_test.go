@@ -217,6 +217,14 @@ func TestSessionBackendsShared(t *testing.T) {
 		t.Errorf("store after the last cleanup: %v, want closed", err)
 	}
 
+	// TLS, Sentinel and Cluster configurations load without touching the network.
+	for _, redis := range []string{`{"cluster":["127.0.0.1:1"],"tls":true}`, `{"master_name":"m","sentinels":["127.0.0.1:1"],"tls":true}`, `{"url":"rediss://127.0.0.1:1"}`} {
+		h := provisionGate(t, ctx, `{"identity":{"dialect":"ece","url":"http://127.0.0.1:1"},"session":{"keys":["`+testSessionKey+`"],"redis":`+redis+`}}`)
+		if err := h.Cleanup(); err != nil {
+			t.Errorf("%s: %v", redis, err)
+		}
+	}
+
 	srv := redistest.Start(t)
 	redisCfg := func(idle string) string {
 		return `{"identity":{"dialect":"ece","url":"http://127.0.0.1:1"},"session":{"idle_timeout":"` + idle +
@@ -292,4 +300,34 @@ func serve(t *testing.T, h *Handler, method, path string, body []byte) *httptest
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	return rec
+}
+
+// TestEndpointCORS checks that only allow-listed origins get CORS headers and a preflight.
+func TestEndpointCORS(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	h := provisionGate(t, ctx, `{"identity":{"dialect":"ece","url":"http://127.0.0.1:1"},"session":{"allow_origins":["https://app.acme.example"]}}`)
+	defer h.Cleanup()
+	for _, tc := range []struct {
+		method, origin string
+		status         int
+		cors           bool
+	}{
+		{"OPTIONS", "https://app.acme.example", 204, true},
+		{"GET", "https://app.acme.example", 200, true},
+		{"OPTIONS", "https://evil.example", 405, false},
+		{"GET", "https://evil.example", 200, false},
+	} {
+		r := httptest.NewRequest(tc.method, "/.sitegate/healthz", nil)
+		r.Header.Set("Origin", tc.origin)
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+		rec := httptest.NewRecorder()
+		if err := h.ServeHTTP(rec, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		got := rec.Header().Get("Access-Control-Allow-Origin")
+		if rec.Code != tc.status || (got == tc.origin) != tc.cors || (got != "" && rec.Header().Get("Access-Control-Allow-Credentials") != "true") {
+			t.Errorf("%s from %s: %d, CORS origin %q", tc.method, tc.origin, rec.Code, got)
+		}
+	}
 }
