@@ -198,13 +198,13 @@ func (h *Handler) refresh(ctx context.Context, s *sessions.Session) (*sessions.S
 	}
 	metricRefreshes.WithLabelValues(g.dialect, "unavailable").Inc()
 	h.logger.Warn("session refresh failed; keeping the session", zap.Error(err))
-	b.allow(b.cooling, s.ID, time.Now(), coolOff)
 	if ns != nil {
 		return ns, nil // Identity answered; the store did not take the new tokens
 	}
-	if errors.Is(err, sessions.ErrUnavailable) {
+	if errors.Is(err, sessions.ErrUnavailable) { // the store failed: Identity needs no cool-off
 		return keepIfValid(s, valid, errStoreDown)
 	}
+	b.allow(b.cooling, s.ID, time.Now(), coolOff)
 	return keepIfValid(s, valid, errIdentityDown)
 }
 

@@ -71,9 +71,15 @@ func StoreKey(id string) string {
 func validID(id string) bool { return id != "" && len(id) <= 256 }
 
 // Encoding: one format byte (2), the version as 20 zero-padded decimal digits (so that the
-// Redis compare-and-set script reads it without decoding the rest), then the fields in binary:
-// strings and byte strings length-prefixed (uvarint), times as Unix nanoseconds (varint; 0 for
-// the zero time). Decoding is a few hundred nanoseconds: it runs on every request.
+// Redis compare-and-set script reads it without decoding the rest), LastSeen, the identity
+// fields, and the sealed tokens, in binary: strings and byte strings length-prefixed (uvarint),
+// times as Unix nanoseconds (varint; 0 for the zero time). Decoding is a few hundred
+// nanoseconds: it runs on every request.
+//
+// The identity fields (everything but the version and LastSeen, which Touch rewrites without the
+// keys) are authenticated with the tokens: they are part of the seal's additional data, with the
+// store key. A record whose user, account, roles, claims or times were edited in the store, or
+// that was moved under another key, does not open.
 const (
 	encodingV2   = 2
 	versionWidth = 20
@@ -96,26 +102,30 @@ type record struct {
 	Claims        map[string]string
 }
 
-// encode returns the stored form of s, its tokens sealed under kr's first key with
-// StoreKey(s.ID) as additional data.
+// encode returns the stored form of s, its tokens sealed under kr's first key with the store
+// key and the identity fields as additional data.
 func encode(s *Session, kr *KeyRing) ([]byte, error) {
 	var pt []byte
 	pt = appendString(pt, s.AccessToken)
 	pt = appendString(pt, s.RefreshToken)
 	r := record{
 		Version: s.Version, UserID: s.UserID, Account: s.Account, Dialect: s.Dialect,
-		Name: s.Name, Roles: s.Roles, Tokens: kr.Seal(pt, []byte(StoreKey(s.ID))),
+		Name: s.Name, Roles: s.Roles,
 		AccessExpiry: s.AccessExpiry, RefreshExpiry: s.RefreshExpiry,
 		Created: s.Created, LastSeen: s.LastSeen, Deadline: s.Deadline, Claims: s.Claims,
 	}
+	r.Tokens = kr.Seal(pt, r.additionalData(StoreKey(s.ID)))
 	clear(pt)
 	return r.marshal()
 }
 
-func (r *record) marshal() ([]byte, error) {
-	b := make([]byte, 0, 128+len(r.Tokens))
-	b = append(b, encodingV2)
-	b = fmt.Appendf(b, "%0*d", versionWidth, r.Version)
+// additionalData is what the seal authenticates besides the tokens.
+func (r *record) additionalData(storeKey string) []byte {
+	return r.appendIdentity([]byte(storeKey))
+}
+
+// appendIdentity appends the identity fields, deterministically (claims sorted).
+func (r *record) appendIdentity(b []byte) []byte {
 	for _, f := range []string{r.UserID, r.Account, r.Dialect, r.Name} {
 		b = appendString(b, f)
 	}
@@ -123,19 +133,31 @@ func (r *record) marshal() ([]byte, error) {
 	for _, role := range r.Roles {
 		b = appendString(b, role)
 	}
-	b = appendString(b, string(r.Tokens))
-	for _, t := range []time.Time{r.AccessExpiry, r.RefreshExpiry, r.Created, r.LastSeen, r.Deadline} {
-		var n int64
-		if !t.IsZero() {
-			n = t.UnixNano()
-		}
-		b = binary.AppendVarint(b, n)
+	for _, t := range []time.Time{r.AccessExpiry, r.RefreshExpiry, r.Created, r.Deadline} {
+		b = appendTime(b, t)
 	}
 	b = binary.AppendUvarint(b, uint64(len(r.Claims)))
 	for _, k := range slices.Sorted(maps.Keys(r.Claims)) {
 		b = appendString(appendString(b, k), r.Claims[k])
 	}
-	return b, nil
+	return b
+}
+
+func (r *record) marshal() ([]byte, error) {
+	b := make([]byte, 0, 128+len(r.Tokens))
+	b = append(b, encodingV2)
+	b = fmt.Appendf(b, "%0*d", versionWidth, r.Version)
+	b = appendTime(b, r.LastSeen)
+	b = r.appendIdentity(b)
+	return appendString(b, string(r.Tokens)), nil
+}
+
+func appendTime(b []byte, t time.Time) []byte {
+	var n int64
+	if !t.IsZero() {
+		n = t.UnixNano()
+	}
+	return binary.AppendVarint(b, n)
 }
 
 func appendString(b []byte, s string) []byte {
@@ -210,15 +232,15 @@ func parseRecord(b []byte) (*record, error) {
 		return nil, fmt.Errorf("%w: malformed version", ErrUnreadable)
 	}
 	d := &reader{b: b[1+versionWidth:]}
-	r := &record{Version: version, UserID: d.string(), Account: d.string(), Dialect: d.string(), Name: d.string()}
+	r := &record{Version: version, LastSeen: d.time()}
+	r.UserID, r.Account, r.Dialect, r.Name = d.string(), d.string(), d.string(), d.string()
 	if n := d.count(); n > 0 {
 		r.Roles = make([]string, n)
 		for i := range r.Roles {
 			r.Roles[i] = d.string()
 		}
 	}
-	r.Tokens = d.bytes()
-	r.AccessExpiry, r.RefreshExpiry, r.Created, r.LastSeen, r.Deadline = d.time(), d.time(), d.time(), d.time(), d.time()
+	r.AccessExpiry, r.RefreshExpiry, r.Created, r.Deadline = d.time(), d.time(), d.time(), d.time()
 	if n := d.count(); n > 0 {
 		r.Claims = make(map[string]string, n)
 		for range n {
@@ -226,6 +248,7 @@ func parseRecord(b []byte) (*record, error) {
 			r.Claims[k] = d.string()
 		}
 	}
+	r.Tokens = d.bytes()
 	if d.bad || len(d.b) != 0 {
 		return nil, fmt.Errorf("%w: malformed record", ErrUnreadable)
 	}
@@ -234,7 +257,7 @@ func parseRecord(b []byte) (*record, error) {
 
 // session opens r's tokens and returns the session with this id.
 func (r *record) session(id string, kr *KeyRing) (*Session, error) {
-	pt, err := kr.Open(r.Tokens, []byte(StoreKey(id)))
+	pt, err := kr.Open(r.Tokens, r.additionalData(StoreKey(id)))
 	if err != nil {
 		return nil, fmt.Errorf("%w: tokens: %w", ErrUnreadable, err)
 	}

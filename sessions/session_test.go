@@ -76,6 +76,33 @@ func TestEncoding(t *testing.T) {
 		t.Fatalf("round trip:\n got %+v\nwant %+v", got, s)
 	}
 
+	// Identity fields edited in the store do not open; LastSeen, which Touch rewrites without
+	// the keys, is not authenticated.
+	for name, edit := range map[string]func(*record){
+		"user":     func(r *record) { r.UserID = "u-2" },
+		"account":  func(r *record) { r.Account = "614bacaa4a74a70009d69d33" },
+		"roles":    func(r *record) { r.Roles = append(r.Roles, "admin") },
+		"claims":   func(r *record) { r.Claims = map[string]string{"type": "admin"} },
+		"deadline": func(r *record) { r.Deadline = r.Deadline.Add(time.Hour) },
+		"expiry":   func(r *record) { r.AccessExpiry = r.AccessExpiry.Add(time.Hour) },
+	} {
+		r, err := parseRecord(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(r)
+		edited, _ := r.marshal()
+		if _, err := decode(s.ID, edited, kr); !errors.Is(err, ErrUnreadable) {
+			t.Errorf("%s edited: %v, want ErrUnreadable", name, err)
+		}
+	}
+	r, _ := parseRecord(b)
+	r.LastSeen = r.LastSeen.Add(time.Minute)
+	touched, _ := r.marshal()
+	if got, err := decode(s.ID, touched, kr); err != nil || !got.LastSeen.Equal(s.LastSeen.Add(time.Minute)) {
+		t.Errorf("touched record: %v %v", got, err)
+	}
+
 	// A record copied under another session's key does not open.
 	if _, err := decode("another-id", b, kr); !errors.Is(err, ErrUnreadable) {
 		t.Fatalf("decode under another id: %v, want ErrUnreadable", err)
