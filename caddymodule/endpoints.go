@@ -105,14 +105,13 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, c credential) er
 		return h.fail(w, r, errBadLogin)
 	}
 
-	select {
-	case g.calls <- struct{}{}:
-	default:
+	release, ok := g.tryCall()
+	if !ok {
 		h.logger.Warn("sign-in refused: too many concurrent identity calls")
 		return h.fail(w, r, errIdentityDown)
 	}
 	t, err := g.idp.Login(r.Context(), req.Username, req.Password)
-	<-g.calls
+	release()
 	switch {
 	case errors.Is(err, upstream.ErrRejected):
 		h.logger.Debug("sign-in refused by identity", zap.Error(err)) // codes only, never credentials
@@ -179,7 +178,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, c credential) e
 // identityLogout ends the session at Identity too, for dialects that have a logout; a failure
 // is logged and the local logout goes on.
 func (h *Handler) identityLogout(ctx context.Context, lo logouter, id string) {
-	s, err := h.gate.backend.store.Load(ctx, id)
+	s, err := h.gate.load(ctx, id)
 	if err != nil {
 		return
 	}
@@ -194,10 +193,7 @@ func (h *Handler) describeSession(w http.ResponseWriter, r *http.Request, c cred
 	if c.id == "" {
 		return h.fail(w, r, errSignIn)
 	}
-	s, err := g.backend.store.Load(r.Context(), c.id)
-	if err == nil && s.Dialect != g.dialect {
-		err = sessions.ErrNotFound
-	}
+	s, err := g.load(r.Context(), c.id)
 	if err != nil {
 		return h.sessionFailed(w, r, c, err)
 	}

@@ -65,10 +65,7 @@ func (g *sessionGate) sessionCredential(h http.Header, cookieID string) (credent
 // about to expire, and forwards it with the session's access token.
 func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, c credential, client []string) error {
 	g := h.gate
-	s, err := g.backend.store.Load(r.Context(), c.id)
-	if err == nil && s.Dialect != g.dialect {
-		err = sessions.ErrNotFound // a session of another identity service
-	}
+	s, err := g.load(r.Context(), c.id)
 	if err != nil {
 		return h.sessionFailed(w, r, c, err)
 	}
@@ -94,6 +91,26 @@ func (h *Handler) serveSession(w http.ResponseWriter, r *http.Request, next cadd
 	h.inject(r, id, site)
 	requests.inc("session")
 	return h.forward(w, r, next, c, s)
+}
+
+// load returns the session with this ID; a session of another identity service is not found.
+func (g *sessionGate) load(ctx context.Context, id string) (*sessions.Session, error) {
+	s, err := g.backend.store.Load(ctx, id)
+	if err == nil && s.Dialect != g.dialect {
+		return nil, sessions.ErrNotFound
+	}
+	return s, err
+}
+
+// tryCall takes a slot under the cap on concurrent identity calls without waiting; ok is false
+// when none is free. release gives the slot back.
+func (g *sessionGate) tryCall() (release func(), ok bool) {
+	select {
+	case g.calls <- struct{}{}:
+		return func() { <-g.calls }, true
+	default:
+		return nil, false
+	}
 }
 
 // sameIdentity refuses a bearer token sent with a session credential when it names another
@@ -222,12 +239,11 @@ var errTooManyCalls = fmt.Errorf("%w: too many concurrent identity calls", upstr
 
 // callRefresh exchanges cur's tokens at Identity, within the cap on concurrent calls.
 func (g *sessionGate) callRefresh(ctx context.Context, cur *sessions.Session) (*sessions.Session, error) {
-	select {
-	case g.calls <- struct{}{}:
-		defer func() { <-g.calls }()
-	default:
+	release, ok := g.tryCall()
+	if !ok {
 		return nil, errTooManyCalls
 	}
+	defer release()
 	start := time.Now()
 	t, err := g.idp.Refresh(ctx, &upstream.Tokens{AccessToken: cur.AccessToken, RefreshToken: cur.RefreshToken})
 	metricRefreshSeconds.WithLabelValues(g.dialect).Observe(time.Since(start).Seconds())
@@ -289,10 +305,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		saved = w.Header().Clone()
 	}
 	var buf bytes.Buffer
-	rec := caddyhttp.NewResponseRecorder(w, &buf, func(status int, header http.Header) bool {
-		dropSetCookie(header, g.cookie)
-		return replayable && status == http.StatusUnauthorized
-	})
+	rec := caddyhttp.NewResponseRecorder(w, &buf, g.holdBack(replayable))
 	err = next.ServeHTTP(rec, r)
 	if !replayable || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
 		return err
@@ -317,11 +330,16 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	metricReplays.Inc()
 	r.Header.Set("Authorization", "Bearer "+ns.AccessToken)
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	rec = caddyhttp.NewResponseRecorder(w, nil, func(_ int, header http.Header) bool {
+	return next.ServeHTTP(caddyhttp.NewResponseRecorder(w, nil, g.holdBack(false)), r)
+}
+
+// holdBack is the response recorder's decision: it drops the upstream's Set-Cookie for
+// sitegate's cookie and, when the request can be replayed, holds back a 401.
+func (g *sessionGate) holdBack(replayable bool) caddyhttp.ShouldBufferFunc {
+	return func(status int, header http.Header) bool {
 		dropSetCookie(header, g.cookie)
-		return false
-	})
-	return next.ServeHTTP(rec, r)
+		return replayable && status == http.StatusUnauthorized
+	}
 }
 
 // bufferBody reads a request body of at most maxReplayBody into memory and puts a reader of it
