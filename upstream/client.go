@@ -1,5 +1,6 @@
 // Package upstream holds sitegate's clients for fabric Identity: one file per dialect (fabric v1,
-// ECE), each logging users in and refreshing their tokens. Every call has a timeout and a cap on
+// ECE, and OAuth2 for Identity v2/v3), each signing users in (with a password, or for OAuth2 by
+// exchanging the code of a browser login) and refreshing their tokens. Every call has a timeout and a cap on
 // the answer's size, and fails with a typed error: ErrRejected when Identity refused the
 // credentials (the session is over), ErrUnavailable for anything else (network, timeout, 5xx, an
 // answer sitegate cannot read: the session must be kept). Errors never hold a token, a password or
