@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Load benchmark: a bare Caddy reverse_proxy against sitegate's bearer path and its session path
-# (sessions in Redis), in one run.
+# Load benchmark: a bare Caddy reverse_proxy against sitegate's bearer path, its session path
+# (sessions in Redis) and the sidecar, in one run.
 #
 #   bench/run.sh                  # 5 rounds of 10 s each, 64 connections
 #   ROUNDS=3 DURATION=5s CONNECTIONS=32 bench/run.sh
-#   PROFILE=session bench/run.sh  # also a CPU profile of the proxy under load on one path
+#   PROFILE=sidecar bench/run.sh  # also a CPU profile of the proxy under load on one path
 #
 # One sitegate binary serves all paths from one process pinned to CPU 0, so they share
 # everything but the handler under test; the upstream, the identity emulator, Redis and wrk run
@@ -14,7 +14,9 @@
 # verified-token cache (warm cache). The session path gets one session cookie instead (one login
 # before the rounds): every request loads the session from Redis (a GET), opens its sealed tokens
 # and forwards with the session's access token; the emulator's access tokens last 24h, so no
-# refresh happens during the run.
+# refresh happens during the run. The sidecar path gets the request an application sends, with no
+# credential: sitegate_service adds the system app's token (client_credentials, fetched once at
+# start; it lasts 24h) and x-site-context; the emulator's token calls are counted over the rounds.
 #
 # Each round measures throughput under load (CONNECTIONS connections) and then latency with one
 # connection (no queueing: the latency a request actually pays). Prints both per round, then
@@ -24,7 +26,7 @@
 # Needs wrk (Debian: apt-get install wrk) and curl; Linux for taskset. Without redis-server and
 # redis-cli (Debian: apt-get install redis-server) the session path is skipped.
 #
-# PROFILE=bare|sitegate|session turns on the proxy's admin endpoint (127.0.0.1:$ADMIN_PORT) and,
+# PROFILE=bare|sitegate|session|sidecar turns on the proxy's admin endpoint (127.0.0.1:$ADMIN_PORT) and,
 # after the rounds, takes a CPU profile (PROFILE_SECONDS, default 10) of the proxy under load on
 # that path into PROFILE_OUT (default /tmp/sitegate-<path>.pprof): go tool pprof -top <file>.
 set -euo pipefail
@@ -39,7 +41,7 @@ REDIS_PORT="${REDIS_PORT:-18092}"
 ADMIN_PORT="${ADMIN_PORT:-18099}"
 PROFILE="${PROFILE:-}"
 PROFILE_SECONDS="${PROFILE_SECONDS:-10}"
-BARE=18080 GATE=18081 SESSION=18082 UPSTREAM=18091 IDENTITY=18090
+BARE=18080 GATE=18081 SESSION=18082 SIDECAR=18083 UPSTREAM=18091 IDENTITY=18090
 ACCOUNT=5f689caa4216e7000750d1ef
 
 for tool in wrk curl taskset; do
@@ -51,9 +53,9 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
 	echo "bench: redis-server or redis-cli not found (Debian: apt-get install redis-server): skipping the session path" >&2
 fi
 case "$PROFILE" in
-"" | bare | sitegate) ;;
+"" | bare | sitegate | sidecar) ;;
 session) [ "$sessions" = 1 ] || { echo "bench: PROFILE=session needs redis-server" >&2; exit 1; } ;;
-*) echo "bench: PROFILE is bare, sitegate or session, not $PROFILE" >&2; exit 1 ;;
+*) echo "bench: PROFILE is bare, sitegate, session or sidecar, not $PROFILE" >&2; exit 1 ;;
 esac
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/sitegate-bench.XXXXXX")"
@@ -109,6 +111,21 @@ http://:$GATE {
 			stage   production
 		}
 		identity_header X-User-Id {http.auth.user.id}
+	}
+	reverse_proxy 127.0.0.1:$UPSTREAM
+}
+http://:$SIDECAR {
+	bind 127.0.0.1
+	sitegate_service {
+		identity oauth2 http://127.0.0.1:$IDENTITY/oauth2/ausbench {
+			client_id bench-app
+			client_secret bench-secret
+		}
+		site_context {
+			account $ACCOUNT
+			channel 12
+			stage   production
+		}
 	}
 	reverse_proxy 127.0.0.1:$UPSTREAM
 }
@@ -175,6 +192,14 @@ for _ in $(seq 100); do
 done
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$bearer" "http://127.0.0.1:$GATE/")" = 200 ] ||
 	{ echo "bench: the sitegate path does not answer 200" >&2; exit 1; }
+plain="X-Request-Source: bench" # the sidecar's callers send no credential
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "$plain" "http://127.0.0.1:$SIDECAR/")" = 200 ] ||
+	{ echo "bench: the sidecar path does not answer 200" >&2; tail -n 20 "$work/proxy.log" >&2; exit 1; }
+
+# token_calls: the emulator's client_credentials calls so far (the sidecar's token fetches).
+token_calls() {
+	curl -s "http://127.0.0.1:$IDENTITY/_emulator/calls" | sed -n 's/.*"oauth2.token.client_credentials":\([0-9]*\).*/\1/p' | sed 's/^$/0/'
+}
 
 if [ "$sessions" = 1 ]; then
 	# One login; every session request then sends its cookie.
@@ -220,7 +245,7 @@ run() {
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-paths=(bare gate)
+paths=(bare gate side)
 [ "$sessions" = 1 ] && paths+=(sess)
 # describe PATH: sets port, name and header for a path.
 describe() {
@@ -228,6 +253,7 @@ describe() {
 	bare) port=$BARE name=bare header=$bearer ;;
 	gate) port=$GATE name=sitegate header=$bearer ;;
 	sess) port=$SESSION name=session header=$cookie ;;
+	side) port=$SIDECAR name=sidecar header=$plain ;;
 	esac
 }
 
@@ -237,6 +263,7 @@ for path in "${paths[@]}"; do
 	run "$port" "$CONNECTIONS" "$header" >/dev/null
 done
 
+fetches_before=$(token_calls)
 printf '%-6s %-9s %-11s %12s %10s %10s %12s %11s\n' round path connections "requests/s" "p50 ms" "p99 ms" "CPU us/req" "redis/req"
 for path in "${paths[@]}"; do : >"$work/$path"; : >"$work/${path}1"; done
 for i in $(seq "$ROUNDS"); do
@@ -258,6 +285,8 @@ for i in $(seq "$ROUNDS"); do
 	done
 done
 
+fetches=$(($(token_calls) - fetches_before))
+
 col() { awk -v c="$2" '{ print $c }' "$work/$1" | median; }
 echo
 for path in "${paths[@]}"; do
@@ -269,6 +298,12 @@ awk -v g="$(col gate 1)" -v b="$(col bare 1)" -v gc="$(col gate 4)" -v bc="$(col
 	'BEGIN {
 		printf "ratio sitegate/bare: %.3f by requests/s, %.3f by CPU per request (goal >= 0.95)\n", g / b, bc / gc
 		printf "p99 added on one connection: %.3f ms (goal < 0.2)\n", gp - bp
+	}'
+awk -v s="$(col side 1)" -v b="$(col bare 1)" -v sc="$(col side 4)" -v bc="$(col bare 4)" -v sp="$(col side1 3)" -v bp="$(col bare1 3)" -v f="$fetches" \
+	'BEGIN {
+		printf "ratio sidecar/bare: %.3f by requests/s, %.3f by CPU per request (goal >= 0.95)\n", s / b, bc / sc
+		printf "p99 added by the sidecar on one connection: %.3f ms\n", sp - bp
+		printf "identity calls during the rounds: %d (goal 0 once warm)\n", f
 	}'
 if [ "$sessions" = 1 ]; then
 	awk -v s="$(col sess 1)" -v b="$(col bare 1)" -v sc="$(col sess 4)" -v bc="$(col bare 4)" -v sp="$(col sess1 3)" -v bp="$(col bare1 3)" \
@@ -284,7 +319,7 @@ else
 fi
 
 if [ -n "$PROFILE" ]; then
-	case "$PROFILE" in bare) p=bare ;; sitegate) p=gate ;; session) p=sess ;; esac
+	case "$PROFILE" in bare) p=bare ;; sitegate) p=gate ;; session) p=sess ;; sidecar) p=side ;; esac
 	describe "$p"
 	out="${PROFILE_OUT:-/tmp/sitegate-$PROFILE.pprof}"
 	echo "bench: profiling the $name path for ${PROFILE_SECONDS}s into $out" >&2

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -16,6 +17,9 @@ func init() {
 	// After basic_auth (so rate_limit, ordered before it, still throttles first), before
 	// request_header, encode, handle and reverse_proxy.
 	httpcaddyfile.RegisterDirectiveOrder("sitegate", httpcaddyfile.After, "basic_auth")
+	// The sidecar: the same place, before reverse_proxy.
+	httpcaddyfile.RegisterHandlerDirective("sitegate_service", parseService)
+	httpcaddyfile.RegisterDirectiveOrder("sitegate_service", httpcaddyfile.After, "basic_auth")
 	httpcaddyfile.RegisterHandlerDirective("identity_emulator", parseEmulator)
 	// A terminal handler, like file_server: it answers everything it is given.
 	httpcaddyfile.RegisterDirectiveOrder("identity_emulator", httpcaddyfile.After, "acme_server")
@@ -66,6 +70,17 @@ func parseSitegate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //	        timeout        <duration>
 //	        max_concurrent <n>
 //	    }]
+//	    identity oauth2 <issuer url> {
+//	        client_id      <id>
+//	        client_secret  <secret>
+//	        scope          <scope...>
+//	        authorize_url  <url>
+//	        token_url      <url>
+//	        revoke_url     <url>
+//	        redirect_uri   <url>
+//	        timeout        <duration>
+//	        max_concurrent <n>
+//	    }
 //	    session {
 //	        store memory
 //	        store redis [<url>] [{
@@ -87,6 +102,7 @@ func parseSitegate(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) 
 //	        cookie         <name>
 //	        endpoints      <path prefix>
 //	        allow_origin   <origin...>
+//	        login_redirect
 //	    }
 //	}
 //
@@ -151,6 +167,68 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+func parseService(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Service)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the sidecar from Caddyfile tokens. Syntax:
+//
+//	sitegate_service [<matcher>] {
+//	    identity oauth2 <issuer url> {
+//	        client_id     <id>
+//	        client_secret <secret>
+//	        scope         <scope...>
+//	        token_url     <url>
+//	        timeout       <duration>
+//	    }
+//	    identity <fabric_v1|ece> <base url> {
+//	        username <name>
+//	        password <password>
+//	        api_key  <key>
+//	        timeout  <duration>
+//	    }
+//	    store memory
+//	    store redis [<url>] [{ … as in session }]
+//	    key            <key...>
+//	    refresh_before <duration>
+//	    site_context   { … as in sitegate, without account_claim }
+//	    keep_authorization
+//	}
+func (m *Service) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "identity":
+			m.Identity, err = parseIdentity(d)
+		case "store":
+			m.Redis, err = parseStore(d)
+		case "key":
+			err = someArgs(d, &m.Keys)
+		case "refresh_before":
+			err = parseDuration(d, &m.RefreshBefore)
+		case "site_context":
+			m.SiteContext, err = parseSiteContext(d)
+		case "keep_authorization":
+			err = flag(d, &m.KeepAuthorization)
+		default:
+			return d.Errf("unrecognized sitegate_service option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if m.Identity == nil {
+		return d.Err("sitegate_service needs an identity")
+	}
+	return nil
+}
+
 func parseIntrospection(d *caddyfile.Dispenser) (*Introspection, error) {
 	in := &Introspection{}
 	if !d.NextArg() {
@@ -191,16 +269,34 @@ func parseIntrospection(d *caddyfile.Dispenser) (*Introspection, error) {
 func parseIdentity(d *caddyfile.Dispenser) (*Identity, error) {
 	id := &Identity{}
 	if !d.AllArgs(&id.Dialect, &id.URL) {
-		return nil, d.Err("identity takes a dialect (fabric_v1 or ece) and the service's base URL")
+		return nil, d.Err("identity takes a dialect (fabric_v1, ece or oauth2) and the service's base URL")
 	}
-	if id.Dialect != "fabric_v1" && id.Dialect != "ece" {
-		return nil, d.Errf("identity: unknown dialect %q (want fabric_v1 or ece)", id.Dialect)
+	if !slices.Contains(dialects, id.Dialect) {
+		return nil, d.Errf("identity: unknown dialect %q (want fabric_v1, ece or oauth2)", id.Dialect)
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		var err error
 		switch d.Val() {
 		case "api_key":
 			err = oneArg(d, &id.APIKey)
+		case "client_id":
+			err = oneArg(d, &id.ClientID)
+		case "client_secret":
+			err = oneArg(d, &id.ClientSecret)
+		case "scope":
+			err = someArgs(d, &id.Scopes)
+		case "authorize_url":
+			err = oneArg(d, &id.AuthorizeURL)
+		case "token_url":
+			err = oneArg(d, &id.TokenURL)
+		case "revoke_url":
+			err = oneArg(d, &id.RevokeURL)
+		case "redirect_uri":
+			err = oneArg(d, &id.RedirectURI)
+		case "username":
+			err = oneArg(d, &id.Username)
+		case "password":
+			err = oneArg(d, &id.Password)
 		case "timeout":
 			err = parseDuration(d, &id.Timeout)
 		case "max_concurrent":
@@ -224,21 +320,7 @@ func parseSession(d *caddyfile.Dispenser) (*Sessions, error) {
 		var err error
 		switch d.Val() {
 		case "store":
-			var kind string
-			if !d.NextArg() {
-				return nil, d.Err("store takes memory or redis")
-			}
-			switch kind = d.Val(); kind {
-			case "memory":
-				if d.NextArg() {
-					return nil, d.ArgErr()
-				}
-				s.Redis = nil
-			case "redis":
-				s.Redis, err = parseRedis(d)
-			default:
-				return nil, d.Errf("unknown session store %q (want memory or redis)", kind)
-			}
+			s.Redis, err = parseStore(d)
 		case "key":
 			err = someArgs(d, &s.Keys)
 		case "idle_timeout":
@@ -253,6 +335,8 @@ func parseSession(d *caddyfile.Dispenser) (*Sessions, error) {
 			err = oneArg(d, &s.Endpoints)
 		case "allow_origin":
 			err = someArgs(d, &s.AllowOrigins)
+		case "login_redirect":
+			err = flag(d, &s.LoginRedirect)
 		default:
 			return nil, d.Errf("unrecognized session option %q", d.Val())
 		}
@@ -261,6 +345,24 @@ func parseSession(d *caddyfile.Dispenser) (*Sessions, error) {
 		}
 	}
 	return s, nil
+}
+
+// parseStore parses "store memory" (nil) or "store redis …".
+func parseStore(d *caddyfile.Dispenser) (*Redis, error) {
+	if !d.NextArg() {
+		return nil, d.Err("store takes memory or redis")
+	}
+	switch kind := d.Val(); kind {
+	case "memory":
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		return nil, nil
+	case "redis":
+		return parseRedis(d)
+	default:
+		return nil, d.Errf("unknown store %q (want memory or redis)", kind)
+	}
 }
 
 func parseRedis(d *caddyfile.Dispenser) (*Redis, error) {
@@ -571,5 +673,6 @@ func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 
 var (
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*Service)(nil)
 	_ caddyfile.Unmarshaler = (*IdentityEmulator)(nil)
 )

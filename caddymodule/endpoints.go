@@ -44,9 +44,18 @@ func (h *Handler) serveEndpoint(w http.ResponseWriter, r *http.Request, c creden
 	}
 	var method string
 	var serve func(http.ResponseWriter, *http.Request, credential) error
+	oauth := h.gate.oauth != nil
 	switch strings.TrimPrefix(r.URL.Path, h.gate.prefix) {
 	case "/login":
 		method, serve = http.MethodPost, h.login
+		if oauth {
+			method, serve = http.MethodGet, h.startLogin
+		}
+	case "/callback":
+		if !oauth {
+			return h.fail(w, r, errNoEndpoint)
+		}
+		method, serve = http.MethodGet, h.callback
 	case "/logout":
 		method, serve = http.MethodPost, h.logout
 	case "/session":
@@ -110,7 +119,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, c credential) er
 		h.logger.Warn("sign-in refused: too many concurrent identity calls")
 		return h.fail(w, r, errIdentityDown)
 	}
-	t, err := g.idp.Login(r.Context(), req.Username, req.Password)
+	t, err := g.idp.(passwordClient).Login(r.Context(), req.Username, req.Password)
 	release()
 	switch {
 	case errors.Is(err, upstream.ErrRejected):
@@ -123,25 +132,9 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, c credential) er
 		return h.fail(w, r, errIdentityDown)
 	}
 
-	s := &sessions.Session{
-		UserID: t.User.ID, Account: t.User.Account, Dialect: g.dialect, Name: t.User.Name, Roles: t.User.Roles,
-		AccessToken: t.AccessToken, AccessExpiry: t.AccessExpiry,
-		RefreshToken: t.RefreshToken, RefreshExpiry: t.RefreshExpiry,
-		Deadline: t.RefreshExpiry, // a session cannot outlive its refresh token (zero: no limit)
-	}
-	if t.User.Type != "" {
-		s.Claims = map[string]string{"type": t.User.Type}
-	}
-	if _, err := h.sites.Build(g.accountClaims(s), nil); errors.Is(err, sitecontext.ErrAccountMismatch) {
-		return h.fail(w, r, siteContextError(http.StatusForbidden, err))
-	}
-	if err := g.backend.store.Create(r.Context(), s); err != nil {
-		h.logger.Warn("creating session", zap.Error(err))
-		return h.fail(w, r, errStoreDown)
-	}
-	metricSessionsCreated.WithLabelValues(g.dialect).Inc()
-	if c.id != "" {
-		h.deleteSession(r.Context(), c.id, "replaced") // no session fixation: the old one ends
+	s, apiErr := h.startSession(r, c, t)
+	if apiErr != nil {
+		return h.fail(w, r, apiErr)
 	}
 	view := g.view(s)
 	if req.Handle {
@@ -153,6 +146,33 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, c credential) er
 	return writeJSON(w, http.StatusOK, view)
 }
 
+// startSession creates the session of a sign-in that yielded t, ending the session c it
+// replaces (no session fixation).
+func (h *Handler) startSession(r *http.Request, c credential, t *upstream.Tokens) (*sessions.Session, *apiError) {
+	g := h.gate
+	s := &sessions.Session{
+		UserID: t.User.ID, Account: t.User.Account, Dialect: g.dialect, Name: t.User.Name, Roles: t.User.Roles,
+		AccessToken: t.AccessToken, AccessExpiry: t.AccessExpiry,
+		RefreshToken: t.RefreshToken, RefreshExpiry: t.RefreshExpiry,
+		Deadline: t.RefreshExpiry, // a session cannot outlive its refresh token (zero: no limit)
+	}
+	if t.User.Type != "" {
+		s.Claims = map[string]string{"type": t.User.Type}
+	}
+	if _, err := h.sites.Build(g.accountClaims(s), nil); errors.Is(err, sitecontext.ErrAccountMismatch) {
+		return nil, siteContextError(http.StatusForbidden, err)
+	}
+	if err := g.backend.store.Create(r.Context(), s); err != nil {
+		h.logger.Warn("creating session", zap.Error(err))
+		return nil, errStoreDown
+	}
+	metricSessionsCreated.WithLabelValues(g.dialect).Inc()
+	if c.id != "" {
+		h.deleteSession(r.Context(), c.id, "replaced")
+	}
+	return s, nil
+}
+
 // logout ends the session for every instance and clears the cookie.
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request, c credential) error {
 	g := h.gate
@@ -160,8 +180,8 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, c credential) e
 		return h.fail(w, r, e)
 	}
 	if c.id != "" {
-		if lo, ok := g.idp.(logouter); ok {
-			h.identityLogout(r.Context(), lo, c.id)
+		if g.endSession != nil {
+			h.identityLogout(r.Context(), c.id)
 		}
 		if err := g.backend.store.Delete(r.Context(), c.id); err != nil {
 			h.logger.Warn("deleting session at logout", zap.Error(err))
@@ -175,14 +195,14 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request, c credential) e
 	return nil
 }
 
-// identityLogout ends the session at Identity too, for dialects that have a logout; a failure
-// is logged and the local logout goes on.
-func (h *Handler) identityLogout(ctx context.Context, lo logouter, id string) {
+// identityLogout ends the session at Identity too (ECE's logout, OAuth2's revocation); a
+// failure is logged and the local logout goes on.
+func (h *Handler) identityLogout(ctx context.Context, id string) {
 	s, err := h.gate.load(ctx, id)
 	if err != nil {
 		return
 	}
-	if err := lo.Logout(ctx, &upstream.Tokens{AccessToken: s.AccessToken, RefreshToken: s.RefreshToken}); err != nil {
+	if err := h.gate.endSession(ctx, &upstream.Tokens{AccessToken: s.AccessToken, RefreshToken: s.RefreshToken}); err != nil {
 		h.logger.Warn("identity logout failed; the local session ends anyway", zap.Error(err))
 	}
 }

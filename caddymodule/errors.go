@@ -33,6 +33,7 @@ var (
 	errInvalidRequest     = &apiError{http.StatusBadRequest, "INVALID_REQUEST", "The Authorization header is malformed.", "invalid_request"}
 	errTwoCredentials     = &apiError{http.StatusBadRequest, "INVALID_REQUEST", "More than one credential was presented.", "invalid_request"}
 	errIdentityDown       = &apiError{http.StatusServiceUnavailable, "IDENTITY_UNAVAILABLE", "Identity cannot be reached to check the credentials; retry later.", "identity_unavailable"}
+	errNoServiceToken     = &apiError{http.StatusServiceUnavailable, "IDENTITY_UNAVAILABLE", "No valid service token: Identity cannot be reached; retry later.", "identity_unavailable"}
 
 	errSignIn         = &apiError{http.StatusUnauthorized, "MISSING_CREDENTIALS", "Sign in, or present a bearer token.", "missing_credentials"}
 	errBearerRefused  = &apiError{http.StatusUnauthorized, "INVALID_TOKEN", "Bearer tokens are not accepted here; sign in.", "invalid_token"}
@@ -66,6 +67,11 @@ const retryAfter = 5
 // {http.sitegate.error.message} set.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, e *apiError) error {
 	requests.inc(e.outcome)
+	return respond(w, r, e, h.UseHandleErrors, retryAfter)
+}
+
+// respond answers e (see fail); retry is the Retry-After of a 503, in seconds.
+func respond(w http.ResponseWriter, r *http.Request, e *apiError, handleErrors bool, retry int) error {
 	switch e.status {
 	case http.StatusUnauthorized:
 		challenge := `Bearer realm="sitegate"`
@@ -78,9 +84,9 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, e *apiError) erro
 			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="sitegate", error="invalid_request", error_description=%q`, e.message))
 		}
 	case http.StatusServiceUnavailable:
-		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+		w.Header().Set("Retry-After", strconv.Itoa(retry))
 	}
-	if h.UseHandleErrors {
+	if handleErrors {
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		repl.Set("http.sitegate.error.code", e.code)
 		repl.Set("http.sitegate.error.message", e.message)

@@ -23,6 +23,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	client := r.Header.Values(sitecontext.Header) // read before the strip removes it
 	h.owned.strip(r.Header)
 	cookieID, twoCookies := takeCookie(r.Header, h.cookie)
+	loginState, _ := takeCookie(r.Header, h.cookie+loginCookieSuffix) // the OAuth2 sign-in's state
 	if h.Anonymous {
 		requests.inc("anonymous")
 		return next.ServeHTTP(w, r)
@@ -35,6 +36,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if apiErr != nil {
 			return h.fail(w, r, apiErr)
 		}
+		c.loginState = loginState
 		if g.isEndpoint(r.URL.Path) {
 			return h.serveEndpoint(w, r, c)
 		}
@@ -46,6 +48,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	raw, apiErr := bearerToken(r.Header)
 	switch {
 	case apiErr == errMissingCredentials && h.gate != nil:
+		if h.gate.signInRedirect(w, r) {
+			requests.inc("sign_in_redirect")
+			return nil
+		}
 		return h.fail(w, r, errSignIn)
 	case apiErr != nil:
 		return h.fail(w, r, apiErr)

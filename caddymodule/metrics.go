@@ -48,6 +48,19 @@ var (
 	// sitegate_upstream_401_replays_total: session requests replayed with a refreshed token
 	// after the upstream answered 401.
 	metricReplays prometheus.Counter
+
+	// sitegate_service_requests_total{outcome}: what the sidecar did with each request (ok,
+	// passthrough, identity_unavailable, invalid_site_context, client_gone).
+	metricServiceRequests *prometheus.CounterVec
+	// sitegate_service_token_fetches_total{dialect,result}: the sidecar's calls to Identity for
+	// a token: ok, rejected, unavailable.
+	metricServiceFetches *prometheus.CounterVec
+	// sitegate_service_token_age_at_refresh_seconds: how old a service token was when a fetch
+	// replaced it.
+	metricServiceTokenAge prometheus.Histogram
+	// sitegate_service_401_replays_total: sidecar requests replayed with a fresh token after the
+	// upstream answered 401.
+	metricServiceReplays prometheus.Counter
 )
 
 func newMetrics() {
@@ -75,6 +88,15 @@ func newMetrics() {
 	metricSessionsDeleted = counter("sessions_deleted_total", "Sessions deleted by sitegate, by reason (logout, rejected, replaced).", "reason")
 	metricReplays = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sitegate", Name: "upstream_401_replays_total",
 		Help: "Session requests replayed with a refreshed token after the upstream answered 401."})
+	metricServiceRequests = counter("service_requests_total", "Requests handled by the sitegate sidecar, by outcome.", "outcome")
+	serviceRequests.vec = metricServiceRequests
+	metricServiceFetches = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sitegate", Name: "service_token_fetches_total",
+		Help: "Service token fetches from Identity, by dialect and result."}, []string{"dialect", "result"})
+	metricServiceTokenAge = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "sitegate", Name: "service_token_age_at_refresh_seconds",
+		Help:    "Age of a service token when a fetch replaced it.",
+		Buckets: []float64{1, 10, 60, 120, 300, 540, 600, 900, 1800, 3600, 7200}})
+	metricServiceReplays = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sitegate", Name: "service_401_replays_total",
+		Help: "Sidecar requests replayed with a fresh token after the upstream answered 401."})
 	for _, op := range []string{"create", "load", "save", "touch", "delete", "ping", "lock"} {
 		storeOps[op] = storeOp{metricStoreSeconds.WithLabelValues(op), metricStoreErrors.WithLabelValues(op)}
 	}
@@ -88,7 +110,8 @@ func registerMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metricRequests, metricValidations, metricJWKSFetches, metricUnknownKID, metricIntrospection,
-		metricRefreshes, metricRefreshSeconds, metricLockWait, metricStoreSeconds, metricStoreErrors, metricSessionsCreated, metricSessionsDeleted, metricReplays} {
+		metricRefreshes, metricRefreshSeconds, metricLockWait, metricStoreSeconds, metricStoreErrors, metricSessionsCreated, metricSessionsDeleted, metricReplays,
+		metricServiceRequests, metricServiceFetches, metricServiceTokenAge, metricServiceReplays} {
 		var dup prometheus.AlreadyRegisteredError
 		if err := reg.Register(c); err != nil && !errors.As(err, &dup) {
 			return err
@@ -112,7 +135,7 @@ func (c *counters) inc(label string) {
 	ctr.(prometheus.Counter).Inc()
 }
 
-var requests, validations = new(counters), new(counters)
+var requests, validations, serviceRequests = new(counters), new(counters), new(counters)
 
 // observer feeds the token validator's events into the collectors.
 type observer struct{}

@@ -35,6 +35,8 @@ const (
 type credential struct {
 	id     string
 	cookie bool // the ID came from the cookie: clear it when the session is over
+	// loginState is the OAuth2 sign-in's state cookie, read by the callback.
+	loginState string
 }
 
 // sessionCredential finds the request's session credential. cookieID is the session cookie's
@@ -169,6 +171,10 @@ func (h *Handler) sessionFailed(w http.ResponseWriter, r *http.Request, c creden
 func (h *Handler) failSession(w http.ResponseWriter, r *http.Request, c credential, e *apiError) error {
 	if e == errSessionExpired && c.cookie {
 		h.gate.clearCookie(w)
+		if h.gate.signInRedirect(w, r) {
+			requests.inc("sign_in_redirect")
+			return nil
+		}
 	}
 	return h.fail(w, r, e)
 }

@@ -21,16 +21,37 @@ import (
 	"github.com/sitegate/sitegate/upstream"
 )
 
-// Identity is the identity service users sign in to through sitegate's login endpoint. Setting
-// it turns on sessions.
+// Identity is an identity service: the one users sign in to through the gateway's endpoints
+// (setting it turns sessions on), or the one the sidecar gets its service token from.
 type Identity struct {
-	// Dialect is the identity protocol: fabric_v1 or ece. Required.
+	// Dialect is the identity protocol: fabric_v1, ece or oauth2. Required.
 	Dialect string `json:"dialect"`
-	// URL is the service's base URL, e.g. https://prod01-apigw.acme.fabric.zone. Required.
+	// URL is the service's base URL, e.g. https://prod01-apigw.acme.fabric.zone; for oauth2 the
+	// authorization server (issuer), e.g. https://acme.login.fabric.inc/oauth2/default. Required.
 	URL string `json:"url"`
 	// APIKey is sent as x-api-key (fabric_v1). Placeholders such as {env.FABRIC_API_KEY} are
-	// resolved when the config loads.
+	// resolved when the config loads, as in every secret below.
 	APIKey string `json:"api_key,omitempty"`
+
+	// ClientID and ClientSecret identify the OAuth2 app (oauth2). A user app without a secret
+	// is a public client (PKCE only); a system app (the sidecar) needs the secret.
+	ClientID     string `json:"client_id,omitempty"`
+	ClientSecret string `json:"client_secret,omitempty"`
+	// Scopes asked for (oauth2). Default: openid offline_access for users, s2s for the sidecar.
+	Scopes []string `json:"scopes,omitempty"`
+	// AuthorizeURL, TokenURL and RevokeURL override the endpoints of the issuer's OIDC
+	// discovery document (oauth2).
+	AuthorizeURL string `json:"authorize_url,omitempty"`
+	TokenURL     string `json:"token_url,omitempty"`
+	RevokeURL    string `json:"revoke_url,omitempty"`
+	// RedirectURI is the gateway's callback as registered with the OAuth2 app. Default: the
+	// request's scheme and host, then the endpoints prefix and /callback.
+	RedirectURI string `json:"redirect_uri,omitempty"`
+
+	// Username and Password are the service user the sidecar signs in as (fabric_v1, ece).
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+
 	// Timeout bounds each identity call. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// MaxConcurrent caps this instance's concurrent identity calls (logins and refreshes); beyond
@@ -60,8 +81,11 @@ type Sessions struct {
 	// Endpoints is the path prefix of login, logout, session and healthz. Default: /.sitegate.
 	Endpoints string `json:"endpoints,omitempty"`
 	// AllowOrigins are origins (scheme://host[:port]) besides the request's own host from which
-	// browsers may call login and logout.
+	// browsers may call login and logout, and to which a sign-in may send the browser back.
 	AllowOrigins []string `json:"allow_origins,omitempty"`
+	// LoginRedirect sends a browser navigation (GET or HEAD accepting text/html) that has no
+	// session to the sign-in instead of answering 401 (oauth2). API requests still get 401.
+	LoginRedirect bool `json:"login_redirect,omitempty"`
 }
 
 // Redis selects the Redis deployment: url (standalone), master_name with sentinels, or
@@ -104,22 +128,73 @@ const (
 	forcedEvery = time.Minute
 )
 
-// identityClient is a dialect's client (upstream.FabricV1, upstream.ECE).
+// dialects are the identity protocols sitegate speaks.
+var dialects = []string{"fabric_v1", "ece", "oauth2"}
+
+// identityClient is a dialect's client (upstream.FabricV1, upstream.ECE, upstream.OAuth2): every
+// one refreshes tokens.
 type identityClient interface {
-	Login(ctx context.Context, username, password string) (*upstream.Tokens, error)
 	Refresh(ctx context.Context, t *upstream.Tokens) (*upstream.Tokens, error)
 }
 
-// logouter is a dialect that ends sessions at Identity too (ECE).
-type logouter interface {
-	Logout(ctx context.Context, t *upstream.Tokens) error
+// passwordClient also signs users in with a password (fabric_v1, ece).
+type passwordClient interface {
+	identityClient
+	Login(ctx context.Context, username, password string) (*upstream.Tokens, error)
+}
+
+// client builds the dialect's client, resolving the placeholders in URLs and secrets.
+// siteContext is the x-site-context of fabric_v1's calls.
+func (id *Identity) client(siteContext string) (identityClient, error) {
+	var err error
+	resolve := func(what, v string) string {
+		r, rerr := resolvePlaceholders(what, v)
+		err = cmp.Or(err, rerr)
+		return r
+	}
+	base := resolve("identity", id.URL)
+	timeout := time.Duration(id.Timeout)
+	var c identityClient
+	switch id.Dialect {
+	case "fabric_v1", "ece":
+		uo := upstream.Options{BaseURL: base, APIKey: resolve("api_key", id.APIKey), SiteContext: siteContext, Timeout: timeout}
+		if err != nil {
+			return nil, err
+		}
+		if id.Dialect == "ece" {
+			c, err = upstream.NewECE(uo)
+		} else {
+			c, err = upstream.NewFabricV1(uo)
+		}
+	case "oauth2":
+		oo := upstream.OAuth2Options{
+			Issuer: base, ClientID: resolve("client_id", id.ClientID), ClientSecret: resolve("client_secret", id.ClientSecret),
+			AuthorizeURL: resolve("authorize_url", id.AuthorizeURL), TokenURL: resolve("token_url", id.TokenURL),
+			RevokeURL: resolve("revoke_url", id.RevokeURL), Timeout: timeout,
+		}
+		if err != nil {
+			return nil, err
+		}
+		c, err = upstream.NewOAuth2(oo)
+	default:
+		return nil, fmt.Errorf("identity: unknown dialect %q (want fabric_v1, ece or oauth2)", id.Dialect)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	return c, nil
 }
 
 // sessionGate is the session machinery of one handler.
 type sessionGate struct {
-	backend       *backend
-	backendKey    string
-	idp           identityClient
+	backend    *backend
+	backendKey string
+	idp        identityClient
+	// endSession ends a session at Identity too: ECE's logout, OAuth2's revocation; nil for
+	// fabric_v1, which has neither.
+	endSession    func(ctx context.Context, t *upstream.Tokens) error
+	oauth         *oauthLogin // browser sign-in (oauth2)
+	loginRedirect bool        // send navigations without a session to the sign-in (oauth2)
 	dialect       string
 	calls         chan struct{} // semaphore of identity calls
 	refreshBefore time.Duration
@@ -138,7 +213,8 @@ type sessionGate struct {
 type backend struct {
 	store     sessions.LockingStore
 	refresher *sessions.Refresher
-	redisKey  string // pool key of the Redis it uses; "" for memory
+	keys      *sessions.KeyRing // seals the OAuth2 login state cookie
+	redisKey  string            // pool key of the Redis it uses; "" for memory
 
 	touching sync.Map // session ID → struct{}: a touch is in flight
 	mu       sync.Mutex
@@ -219,6 +295,7 @@ func (h *Handler) provisionSessions() error {
 		prefix:        strings.TrimSuffix(cmp.Or(cfg.Endpoints, defaultEndpoints), "/"),
 		calls:         make(chan struct{}, cmp.Or(id.MaxConcurrent, defaultIdentityCalls)),
 		origins:       map[string]bool{},
+		loginRedirect: cfg.LoginRedirect,
 		accountClaim:  "accountid",
 		logger:        h.logger,
 	}
@@ -229,33 +306,26 @@ func (h *Handler) provisionSessions() error {
 		g.origins[strings.ToLower(o)] = true
 	}
 
-	base, err := resolvePlaceholders("identity", id.URL)
-	if err != nil {
-		return err
-	}
-	apiKey, err := resolvePlaceholders("api_key", id.APIKey)
-	if err != nil {
-		return err
-	}
-	uo := upstream.Options{BaseURL: base, APIKey: apiKey, Timeout: time.Duration(id.Timeout)}
-	switch id.Dialect {
-	case "fabric_v1":
+	siteContext := ""
+	if id.Dialect == "fabric_v1" {
 		site, err := h.sites.Build(nil, nil)
 		if err != nil {
 			return fmt.Errorf("identity fabric_v1: %w", err)
 		}
-		uo.SiteContext = site.Value
-		g.idp, err = upstream.NewFabricV1(uo)
-		if err != nil {
-			return fmt.Errorf("identity: %w", err)
+		siteContext = site.Value
+	}
+	var err error
+	if g.idp, err = id.client(siteContext); err != nil {
+		return err
+	}
+	switch c := g.idp.(type) {
+	case *upstream.ECE:
+		g.endSession = c.Logout
+	case *upstream.OAuth2:
+		g.endSession = c.Revoke
+		if g.oauth, err = newOAuthLogin(id, c, g.cookie); err != nil {
+			return err
 		}
-	case "ece":
-		g.idp, err = upstream.NewECE(uo)
-		if err != nil {
-			return fmt.Errorf("identity: %w", err)
-		}
-	default:
-		return fmt.Errorf("identity: unknown dialect %q (want fabric_v1 or ece)", id.Dialect)
 	}
 
 	opts := sessions.Options{
@@ -267,22 +337,8 @@ func (h *Handler) provisionSessions() error {
 	g.touchEvery = opts.TouchEvery
 	g.idleTimeout = cmp.Or(opts.IdleTimeout, sessions.DefaultIdleTimeout)
 	var keyIDs []string
-	if len(cfg.Keys) > 0 {
-		keys := make([][]byte, len(cfg.Keys))
-		for i, k := range cfg.Keys {
-			v, err := resolvePlaceholders(fmt.Sprintf("session key %d", i+1), k)
-			if err != nil {
-				return err
-			}
-			if keys[i], err = sessions.ParseKey(v); err != nil {
-				return fmt.Errorf("session key %d: %w", i+1, err)
-			}
-			sum := sha256.Sum256(keys[i])
-			keyIDs = append(keyIDs, hex.EncodeToString(sum[:]))
-		}
-		if opts.Keys, err = sessions.NewKeyRing(keys...); err != nil {
-			return fmt.Errorf("session keys: %w", err)
-		}
+	if opts.Keys, keyIDs, err = keyRing(cfg.Keys); err != nil {
+		return fmt.Errorf("session: %w", err)
 	}
 
 	var ro *sessions.RedisOptions
@@ -296,7 +352,7 @@ func (h *Handler) provisionSessions() error {
 		}
 	}
 	// Handlers share a memory store only when they front the same identity service.
-	key, err := hashJSON("backend", redisKey, keyIDs, opts.IdleTimeout, opts.Lifetime, id.Dialect, base)
+	key, err := hashJSON("backend", redisKey, keyIDs, opts.IdleTimeout, opts.Lifetime, id.Dialect, id.URL)
 	if err != nil {
 		return err
 	}
@@ -313,41 +369,80 @@ func (h *Handler) provisionSessions() error {
 
 // newBackend builds a backend on the memory store, or on Redis (ro, whose pool key is rkey).
 func newBackend(ro *sessions.RedisOptions, rkey string, opts sessions.Options, logger *zap.Logger) (*backend, error) {
-	b := &backend{cooling: map[string]time.Time{}, forced: map[string]time.Time{}}
-	var store sessions.LockingStore
-	if ro == nil {
-		m, err := sessions.NewMemoryStore(opts)
-		if err != nil {
-			return nil, fmt.Errorf("session store: %w", err)
-		}
-		store = m
-	} else {
-		redisLoggerOnce.Do(func() { redis.SetLogger(redisLogger{logger.Named("redis")}) })
-		v, _, err := redisPools.LoadOrNew(rkey, func() (caddy.Destructor, error) {
-			r, err := sessions.OpenRedis(*ro)
-			if err != nil {
-				return nil, fmt.Errorf("session store: %w", err)
-			}
-			return pooledRedis{r}, nil
-		})
+	if opts.Keys == nil { // memory only (Redis needs keys): a key of this process's own
+		kr, err := sessions.NewKeyRing(randomBytes(32))
 		if err != nil {
 			return nil, err
 		}
-		rs, err := v.(pooledRedis).Store(opts)
-		if err != nil {
-			_, _ = redisPools.Delete(rkey)
-			return nil, fmt.Errorf("session store: %w", err)
-		}
-		store, b.redisKey = rs, rkey
+		opts.Keys = kr
 	}
-	b.store = instrumented{store}
-	var err error
+	store, err := openStore(ro, rkey, opts, logger)
+	if err != nil {
+		return nil, err
+	}
+	b := &backend{store: store, keys: opts.Keys, cooling: map[string]time.Time{}, forced: map[string]time.Time{}}
+	if ro != nil {
+		b.redisKey = rkey
+	}
 	b.refresher, err = sessions.NewRefresher(b.store, sessions.RefresherOptions{Logger: opts.Logger})
 	if err != nil {
 		_ = b.Destruct()
 		return nil, err
 	}
 	return b, nil
+}
+
+// openStore opens an instrumented store in memory, or on the pooled Redis ro (pool key rkey);
+// closing a Redis store does not release the pool: the caller deletes rkey from redisPools.
+func openStore(ro *sessions.RedisOptions, rkey string, opts sessions.Options, logger *zap.Logger) (sessions.LockingStore, error) {
+	if ro == nil {
+		m, err := sessions.NewMemoryStore(opts)
+		if err != nil {
+			return nil, fmt.Errorf("session store: %w", err)
+		}
+		return instrumented{m}, nil
+	}
+	redisLoggerOnce.Do(func() { redis.SetLogger(redisLogger{logger.Named("redis")}) })
+	v, _, err := redisPools.LoadOrNew(rkey, func() (caddy.Destructor, error) {
+		r, err := sessions.OpenRedis(*ro)
+		if err != nil {
+			return nil, fmt.Errorf("session store: %w", err)
+		}
+		return pooledRedis{r}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	rs, err := v.(pooledRedis).Store(opts)
+	if err != nil {
+		_, _ = redisPools.Delete(rkey)
+		return nil, fmt.Errorf("session store: %w", err)
+	}
+	return instrumented{rs}, nil
+}
+
+// keyRing parses the configured sealing keys; ids fingerprint them for pool keys. No keys give
+// a nil ring (the memory store makes one up).
+func keyRing(keys []string) (kr *sessions.KeyRing, ids []string, err error) {
+	if len(keys) == 0 {
+		return nil, nil, nil
+	}
+	raw := make([][]byte, len(keys))
+	for i, k := range keys {
+		v, err := resolvePlaceholders(fmt.Sprintf("key %d", i+1), k)
+		if err != nil {
+			return nil, nil, err
+		}
+		if raw[i], err = sessions.ParseKey(v); err != nil {
+			return nil, nil, fmt.Errorf("key %d: %w", i+1, err)
+		}
+		sum := sha256.Sum256(raw[i])
+		ids = append(ids, hex.EncodeToString(sum[:]))
+	}
+	if kr, err = sessions.NewKeyRing(raw...); err != nil {
+		return nil, nil, fmt.Errorf("keys: %w", err)
+	}
+	return kr, ids, nil
 }
 
 // redisOptions resolves the Redis config's placeholders into the store's options.
@@ -401,19 +496,33 @@ func (h *Handler) validateSessions() error {
 	if h.Anonymous {
 		return errors.New("anonymous takes no identity or session")
 	}
-	switch h.Identity.Dialect {
+	id := h.Identity
+	switch id.Dialect {
 	case "fabric_v1":
 		if h.SiteContext == nil || h.SiteContext.Account == "" {
 			return errors.New("identity fabric_v1 needs site_context account: fabric v1 calls name the merchant account")
 		}
-	case "ece":
+	case "ece", "oauth2":
 	default:
-		return fmt.Errorf("identity: unknown dialect %q (want fabric_v1 or ece)", h.Identity.Dialect)
+		return fmt.Errorf("identity: unknown dialect %q (want fabric_v1, ece or oauth2)", id.Dialect)
 	}
-	if h.Identity.URL == "" {
+	if id.Username != "" || id.Password != "" {
+		return errors.New("identity username and password are for sitegate_service; users sign in themselves")
+	}
+	oauthOnly := id.ClientID != "" || id.ClientSecret != "" || len(id.Scopes) > 0 || id.AuthorizeURL != "" ||
+		id.TokenURL != "" || id.RevokeURL != "" || id.RedirectURI != ""
+	switch {
+	case id.Dialect == "oauth2" && id.ClientID == "":
+		return errors.New("identity oauth2 needs the user app's client_id")
+	case id.Dialect != "oauth2" && oauthOnly:
+		return fmt.Errorf("identity %s takes no OAuth2 options (client_id, client_secret, scope, *_url, redirect_uri)", id.Dialect)
+	case id.Dialect != "oauth2" && h.Session != nil && h.Session.LoginRedirect:
+		return errors.New("session login_redirect needs identity oauth2: other dialects have no browser sign-in page")
+	}
+	if id.URL == "" {
 		return errors.New("identity needs a URL")
 	}
-	if h.Identity.MaxConcurrent < 0 {
+	if id.MaxConcurrent < 0 {
 		return errors.New("identity max_concurrent must be positive")
 	}
 	c := h.Session

@@ -219,11 +219,33 @@ func TestDemo(t *testing.T) {
 		if strings.Contains(logout, `error="invalid_token"`) {
 			t.Errorf("an ended session is challenged as an invalid bearer token:\n%s", logout)
 		}
+
+		browser := demoOutput(t, runs, "$APP/.sitegate/login?rd=/orders")
+		for _, want := range []string{"302 http://localhost:8080/.sitegate/login?rd=%2Forders\n",
+			"\nhttp://127.0.0.1:8090/oauth2/default/v1/authorize\n", "\ncode_challenge_method=S256\n", "\nscope=openid+offline_access\n",
+			"HTTP/1.1 303 See Other", "\nLocation: /orders\n", "\nSet-Cookie: __Host-sitegate-login=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax\n",
+			"\nSet-Cookie: __Host-sitegate=…; Path=/; Max-Age=", "\nGET /orders\n", "\nAuthorization: Bearer eyJ", "\nX-Site-Context: " + demoSite + "\n",
+			"\nX-User-Id: "} {
+			if !strings.Contains(browser, want) {
+				t.Errorf("the OAuth2 sign-in lacks %q:\n%s", want, browser)
+			}
+		}
+
+		sidecar := demoOutput(t, runs, "$SIDECAR/api-product/v1/product")
+		for _, want := range []string{"      3 Authorization: Bearer eyJ", "      3 GET /api-product/v1/product\n",
+			"      3 X-Site-Context: " + demoSite + "\n", "\n1\n"} {
+			if !strings.Contains(sidecar, want) {
+				t.Errorf("the sidecar's calls lack %q (one token fetch for three calls):\n%s", want, sidecar)
+			}
+		}
+		if strings.Contains(sidecar, "the-apps-own") {
+			t.Errorf("the application's own Authorization reached the upstream:\n%s", sidecar)
+		}
 	})
 
 	t.Run("no secret reaches the logs", func(t *testing.T) {
 		logs := readLogs(t, logFile)
-		for _, s := range append(secrets, "demo-password", "demo-api-key") {
+		for _, s := range append(secrets, "demo-password", "demo-api-key", "demo-system-secret") {
 			if s != "" && strings.Contains(logs, s) {
 				t.Errorf("Caddy's log holds a secret (%.12s…)", s)
 			}
