@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 )
 
@@ -57,9 +58,9 @@ var browserFlags = []chromedp.ExecAllocatorOption{
 		"DialMediaRouteProvider", "AutofillServerCommunication", "CertificateTransparencyComponentUpdater",
 		"InterestFeedContentSuggestions",
 	}, ",")),
-	// The backstop: no host name resolves, so whatever the flags above miss fails before it
-	// leaves the machine. The tests use 127.0.0.1 literally, which needs no resolution.
-	chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
+	// The backstop: no host name resolves but localhost (to 127.0.0.1, where the tests' servers
+	// listen), so whatever the flags above miss fails before it leaves the machine.
+	chromedp.Flag("host-resolver-rules", "MAP localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
 }
 
 // browser starts a headless Chromium for the test and returns the context to drive it with
@@ -295,4 +296,65 @@ http://:%[1]d {
 		t.Errorf("exchanging the code again: %d %s, want 400", status, body)
 	}
 	t.Logf("browser sign-in through the emulator took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// browserSignIn is the demo's browser sign-in, as a person does it: open a page of the
+// gateway's http://localhost:8080 site without a session, be sent to the emulator's sign-in page
+// through sitegate, sign in, and land on the page first asked for, served by the demo upstream
+// with the session's bearer token and identity headers. It returns the session cookie's value,
+// for the secret scans.
+func browserSignIn(t *testing.T) (sessionCookie string) {
+	ctx := browser(t)
+	const page = "http://localhost:8080/orders?from=browser"
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(page),
+		signInOnEmulatorForm("demo", "demo-password"),
+		chromedp.WaitReady(chromedp.CSS("body")),
+	); err != nil {
+		t.Fatalf("signing in through the gateway: %v", err)
+	}
+	// Wait for the upstream's echo: the sign-in ends with redirects back to the page.
+	var echo string
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.HasPrefix(echo, "GET /orders") && time.Now().Before(deadline) {
+		echo, _ = chromedp.Run(ctx, chromedp.Evaluate[string]("document.body ? document.body.innerText : ''"))
+		sleep()
+	}
+	location, _ := chromedp.Run(ctx, chromedp.Location())
+	if location != page {
+		t.Errorf("the browser ended at %q, want %q", location, page)
+	}
+	for _, want := range []string{"GET /orders?from=browser\n", "\nHost: localhost:8080\n", "\nAuthorization: Bearer eyJ",
+		"\nX-Site-Context: " + demoSite + "\n", "\nX-User-Id: "} {
+		if !strings.Contains(echo, want) {
+			t.Errorf("the page the browser landed on lacks %q:\n%s", want, echo)
+		}
+	}
+	if strings.Contains(echo, "__Host-sitegate") {
+		t.Errorf("sitegate's cookies reached the upstream:\n%s", echo)
+	}
+
+	cookies, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{page}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cookies.Cookies {
+		switch c.Name {
+		case "__Host-sitegate":
+			sessionCookie = c.Value
+			if !c.HTTPOnly || !c.Secure || c.SameSite != network.CookieSameSiteLax || c.Path != "/" || c.Domain != "localhost" {
+				t.Errorf("the session cookie's attributes: %+v", c)
+			}
+		case "__Host-sitegate-login":
+			t.Errorf("the sign-in's state cookie outlived the sign-in: %+v", c)
+		}
+	}
+	if sessionCookie == "" {
+		t.Fatalf("no session cookie in the browser: %+v", cookies.Cookies)
+	}
+	// Scripts cannot read it.
+	if js, _ := chromedp.Run(ctx, chromedp.Evaluate[string]("document.cookie")); strings.Contains(js, "sitegate") {
+		t.Errorf("page scripts can read sitegate's cookie: %q", js)
+	}
+	return sessionCookie
 }
