@@ -74,6 +74,9 @@ var stateAD = []byte("sitegate oauth2 login state")
 func (h *Handler) startLogin(w http.ResponseWriter, r *http.Request, _ credential) error {
 	g, o := h.gate, h.gate.oauth
 	rd, err := safeRedirect(r.URL.Query().Get("rd"), g.origins)
+	if u, perr := url.Parse(rd); err == nil && perr == nil && u.Host == "" && g.isEndpoint(u.Path) {
+		err = errors.New("the target is a sitegate endpoint") // a sign-in loop, at best
+	}
 	if err != nil {
 		h.logger.Debug("sign-in refused: redirect target", zap.Error(err))
 		return h.fail(w, r, errBadRedirect)
@@ -148,7 +151,9 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request, c credential)
 	}
 	g.setCookie(w, s)
 	requests.inc("endpoint")
-	http.Redirect(w, r, st.Redirect, http.StatusSeeOther)
+	// As given: http.Redirect would clean the path (/a//b becomes /a/b).
+	w.Header().Set("Location", st.Redirect)
+	w.WriteHeader(http.StatusSeeOther)
 	return nil
 }
 

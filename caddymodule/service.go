@@ -54,6 +54,7 @@ type Service struct {
 	sites     *sitecontext.Builder
 	static    *sitecontext.Result // the site context when it does not vary by request
 	v3Headers bool
+	hold401   caddyhttp.ShouldBufferFunc
 	source    *service.Source
 	poolKey   string
 	bearer    *atomic.Pointer[bearerHeader] // a pointer: the module value is copied by CaddyModule
@@ -100,6 +101,7 @@ const (
 func (s *Service) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	s.bearer = new(atomic.Pointer[bearerHeader])
+	s.hold401 = func(status int, _ http.Header) bool { return status == http.StatusUnauthorized }
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return err
 	}
@@ -311,9 +313,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	saved := w.Header().Clone()
 	var buf bytes.Buffer
-	rec := caddyhttp.NewResponseRecorder(w, &buf, func(status int, _ http.Header) bool {
-		return status == http.StatusUnauthorized
-	})
+	rec := caddyhttp.NewResponseRecorder(w, &buf, s.hold401)
 	err = next.ServeHTTP(rec, r)
 	if !rec.Buffered() {
 		return err
