@@ -63,15 +63,20 @@ func TestSitegateInstance(t *testing.T) {
 	caddycmd.Main()
 }
 
-// instance is one running sitegate process.
+// process is a running sitegate process: the test binary re-run as TestSitegateInstance.
+type process struct {
+	name       string
+	log        string // its stdout and stderr
+	cmd        *exec.Cmd
+	stdin      io.Closer
+	configFile string
+}
+
+// instance is one running sitegate process of the session tests.
 type instance struct {
-	name                      string
+	*process
 	main, short, ece          string // base URLs of its three sites
-	log                       string // its stderr
-	cmd                       *exec.Cmd
-	stdin                     io.Closer
 	mainPort, shPort, ecePort int
-	configFile                string
 }
 
 // cluster is what the session tests share.
@@ -215,51 +220,64 @@ http://:%[3]d {
 // startInstance runs a sitegate process; it is killed when the test ends.
 func (c *cluster) startInstance(t *testing.T, dir, name string) *instance {
 	t.Helper()
-	in := &instance{name: name, mainPort: freePort(t), shPort: freePort(t), ecePort: freePort(t)}
+	in := &instance{mainPort: freePort(t), shPort: freePort(t), ecePort: freePort(t)}
 	in.main = fmt.Sprintf("http://127.0.0.1:%d", in.mainPort)
 	in.short = fmt.Sprintf("http://127.0.0.1:%d", in.shPort)
 	in.ece = fmt.Sprintf("http://127.0.0.1:%d", in.ecePort)
-	in.configFile = filepath.Join(dir, name+".Caddyfile")
-	in.log = filepath.Join(dir, name+".log")
+	in.process = startProcess(t, dir, name, c.config(in),
+		"SITEGATE_E2E_API_KEY="+c.apiKey,
+		"SITEGATE_E2E_SESSION_KEY="+c.sessionKey,
+	)
+	return in
+}
+
+// startProcess writes caddyfile to <dir>/<name>.Caddyfile and runs it in a sitegate process
+// (TestSitegateInstance) with env added to this process's environment and a home directory of
+// its own; its output goes to <dir>/<name>.log. It is killed when the test ends, and the test
+// fails if it reported a data race.
+func startProcess(t *testing.T, dir, name, caddyfile string, env ...string) *process {
+	t.Helper()
+	p := &process{
+		name:       name,
+		configFile: filepath.Join(dir, name+".Caddyfile"),
+		log:        filepath.Join(dir, name+".log"),
+	}
 	home := filepath.Join(dir, name+"-home")
 	if err := os.MkdirAll(home, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(in.configFile, []byte(c.config(in)), 0o600); err != nil {
+	if err := os.WriteFile(p.configFile, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logFile, err := os.Create(in.log)
+	logFile, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	in.cmd = exec.Command(os.Args[0], "-test.run=^TestSitegateInstance$")
-	in.cmd.Env = append(os.Environ(),
-		instanceEnv+"="+in.configFile,
-		"SITEGATE_E2E_API_KEY="+c.apiKey,
-		"SITEGATE_E2E_SESSION_KEY="+c.sessionKey,
-		"HOME="+home, "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home,
-	)
-	in.cmd.Stdout, in.cmd.Stderr = logFile, logFile
-	stdin, err := in.cmd.StdinPipe()
+	p.cmd = exec.Command(os.Args[0], "-test.run=^TestSitegateInstance$")
+	p.cmd.Env = append(os.Environ(), instanceEnv+"="+p.configFile,
+		"HOME="+home, "XDG_CONFIG_HOME="+home, "XDG_DATA_HOME="+home)
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	stdin, err := p.cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	in.stdin = stdin
-	if err := in.cmd.Start(); err != nil {
+	p.stdin = stdin
+	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting instance %s: %v", name, err)
 	}
 	t.Cleanup(func() {
-		_ = in.stdin.Close()
-		_ = in.cmd.Process.Kill()
-		_ = in.cmd.Wait()
+		_ = p.stdin.Close()
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
 		_ = logFile.Close()
 		// A race-instrumented instance reports data races on its stderr.
-		if b, err := os.ReadFile(in.log); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+		if b, err := os.ReadFile(p.log); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
 			i := bytes.Index(b, []byte("WARNING: DATA RACE"))
 			t.Errorf("instance %s reported a data race:\n%s", name, b[i:min(len(b), i+6000)])
 		}
 	})
-	return in
+	return p
 }
 
 // waitReady polls the healthz endpoint of every site of the instance.
