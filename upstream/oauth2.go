@@ -235,6 +235,7 @@ func (c *OAuth2) grant(ctx context.Context, form url.Values) (*Tokens, error) {
 	if ep.token == "" {
 		return nil, &Error{kind: ErrUnavailable, reason: "the authorization server has no token endpoint"}
 	}
+	asked := time.Now()
 	a, err := c.send(ctx, "the token endpoint", ep.token, form)
 	if err != nil {
 		return nil, err
@@ -254,10 +255,14 @@ func (c *OAuth2) grant(ctx context.Context, form url.Values) (*Tokens, error) {
 	if r.TokenType != "" && !strings.EqualFold(r.TokenType, "Bearer") {
 		return nil, &Error{kind: ErrUnavailable, Status: a.status, reason: "the access token is not a Bearer token"}
 	}
-	// expires_in says when the access token expires; without it, the token's exp says it.
+	// The access token expires at the earlier of its exp (when it is a JWT) and expires_in
+	// counted from when the request was sent: the answer's own travel time, and exp's whole
+	// seconds, must not make sitegate send a token after it expired.
 	exp, ok := jwtExpiry(r.AccessToken)
 	if sec, err := r.ExpiresIn.Float64(); err == nil && sec > 0 && sec < 1<<32 {
-		exp, ok = time.Now().Add(time.Duration(sec*float64(time.Second))), true
+		if in := asked.Add(time.Duration(sec * float64(time.Second))); !ok || in.Before(exp) {
+			exp, ok = in, true
+		}
 	}
 	if !ok {
 		return nil, &Error{kind: ErrUnavailable, Status: a.status, reason: "access token without an expiry"}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -492,6 +493,38 @@ func TestOAuth2RefreshKept(t *testing.T) {
 	}
 	if form := <-forms; form.Get("grant_type") != "refresh_token" || form.Get("refresh_token") != "rt-1" || form.Get("client_id") != "spa" {
 		t.Errorf("form %v", form)
+	}
+}
+
+// TestOAuth2ExpiryEarliest checks that a token expires at the earlier of its exp and
+// expires_in: exp is in whole seconds and expires_in is counted by the server before the answer
+// travels, so either alone could let sitegate send a token its issuer holds expired.
+func TestOAuth2ExpiryEarliest(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		exp       time.Duration // from now, in the token
+		expiresIn int
+		want      time.Duration
+	}{
+		{"exp first", 10 * time.Second, 3600, 10 * time.Second},
+		{"expires_in first", time.Hour, 60, time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			at := fakeJWT(map[string]any{"sub": "app", "exp": time.Now().Add(tc.exp).Unix()})
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				_, _ = fmt.Fprintf(w, `{"token_type":"Bearer","access_token":%q,"expires_in":%d}`, at, tc.expiresIn)
+			}))
+			defer srv.Close()
+			c := newOAuth2(t, OAuth2Options{Issuer: srv.URL, ClientID: "app", ClientSecret: "s", AuthorizeURL: srv.URL + "/a", TokenURL: srv.URL + "/token"})
+			tok, err := c.ClientCredentials(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Until(tok.AccessExpiry); d > tc.want || d < tc.want-2*time.Second {
+				t.Errorf("access expiry in %s, want about %s", d, tc.want)
+			}
+		})
 	}
 }
 
