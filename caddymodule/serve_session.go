@@ -352,7 +352,7 @@ func (g *sessionGate) holdBack(replayable bool) caddyhttp.ShouldBufferFunc {
 // back. A larger body is left streaming (what was read is put back in front) and the request is
 // not replayable.
 func bufferBody(r *http.Request) (body []byte, replayable bool, err error) {
-	if r.Body == nil || r.Body == http.NoBody {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 { // Caddy wraps even an empty body
 		return nil, true, nil
 	}
 	if r.ContentLength > maxReplayBody {
