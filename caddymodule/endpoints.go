@@ -114,27 +114,11 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, c credential) er
 		return h.fail(w, r, errBadLogin)
 	}
 
-	release, ok := g.tryCall()
-	if !ok {
-		h.logger.Warn("sign-in refused: too many concurrent identity calls")
-		return h.fail(w, r, errIdentityDown)
-	}
-	t, err := g.idp.(passwordClient).Login(r.Context(), req.Username, req.Password)
-	release()
-	switch {
-	case errors.Is(err, upstream.ErrRejected):
-		h.logger.Debug("sign-in refused by identity", zap.Error(err)) // codes only, never credentials
-		return h.fail(w, r, errLoginFailed)
-	case r.Context().Err() != nil:
-		return r.Context().Err()
-	case err != nil:
-		h.logger.Warn("sign-in failed: identity unavailable", zap.Error(err))
-		return h.fail(w, r, errIdentityDown)
-	}
-
-	s, apiErr := h.startSession(r, c, t)
-	if apiErr != nil {
-		return h.fail(w, r, apiErr)
+	s, err := h.signIn(w, r, c, errLoginFailed, func(ctx context.Context) (*upstream.Tokens, error) {
+		return g.idp.(passwordClient).Login(ctx, req.Username, req.Password)
+	})
+	if s == nil {
+		return err
 	}
 	view := g.view(s)
 	if req.Handle {
@@ -146,10 +130,31 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request, c credential) er
 	return writeJSON(w, http.StatusOK, view)
 }
 
-// startSession creates the session of a sign-in that yielded t, ending the session c it
-// replaces (no session fixation).
-func (h *Handler) startSession(r *http.Request, c credential, t *upstream.Tokens) (*sessions.Session, *apiError) {
+// signIn makes a sign-in's identity call, within the cap on concurrent calls, and creates the
+// session of the tokens it yields, ending the session c it replaces (no session fixation). When
+// it returns no session it has answered the request (refused when Identity refused the
+// credentials) and returns what the handler returns.
+func (h *Handler) signIn(w http.ResponseWriter, r *http.Request, c credential, refused *apiError,
+	call func(context.Context) (*upstream.Tokens, error)) (*sessions.Session, error) {
 	g := h.gate
+	release, ok := g.tryCall()
+	if !ok {
+		h.logger.Warn("sign-in refused: too many concurrent identity calls")
+		return nil, h.fail(w, r, errIdentityDown)
+	}
+	t, err := call(r.Context())
+	release()
+	switch {
+	case errors.Is(err, upstream.ErrRejected):
+		h.logger.Info("sign-in refused by identity", zap.Error(err)) // codes only, never credentials
+		return nil, h.fail(w, r, refused)
+	case r.Context().Err() != nil:
+		return nil, r.Context().Err()
+	case err != nil:
+		h.logger.Warn("sign-in failed: identity unavailable", zap.Error(err))
+		return nil, h.fail(w, r, errIdentityDown)
+	}
+
 	s := &sessions.Session{
 		UserID: t.User.ID, Account: t.User.Account, Dialect: g.dialect, Name: t.User.Name, Roles: t.User.Roles,
 		AccessToken: t.AccessToken, AccessExpiry: t.AccessExpiry,
@@ -160,11 +165,11 @@ func (h *Handler) startSession(r *http.Request, c credential, t *upstream.Tokens
 		s.Claims = map[string]string{"type": t.User.Type}
 	}
 	if _, err := h.sites.Build(g.accountClaims(s), nil); errors.Is(err, sitecontext.ErrAccountMismatch) {
-		return nil, siteContextError(http.StatusForbidden, err)
+		return nil, h.fail(w, r, siteContextError(http.StatusForbidden, err))
 	}
 	if err := g.backend.store.Create(r.Context(), s); err != nil {
 		h.logger.Warn("creating session", zap.Error(err))
-		return nil, errStoreDown
+		return nil, h.fail(w, r, errStoreDown)
 	}
 	metricSessionsCreated.WithLabelValues(g.dialect).Inc()
 	if c.id != "" {

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -128,26 +129,11 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request, c credential)
 		return h.fail(w, r, errLoginFlow)
 	}
 
-	release, ok := g.tryCall()
-	if !ok {
-		h.logger.Warn("sign-in refused: too many concurrent identity calls")
-		return h.fail(w, r, errIdentityDown)
-	}
-	t, err := o.client.Exchange(r.Context(), q.Get("code"), st.Verifier, o.redirectFor(r, g.prefix))
-	release()
-	switch {
-	case errors.Is(err, upstream.ErrRejected):
-		h.logger.Info("sign-in callback refused by identity", zap.Error(err))
-		return h.fail(w, r, errLoginFlow)
-	case r.Context().Err() != nil:
-		return r.Context().Err()
-	case err != nil:
-		h.logger.Warn("sign-in failed: identity unavailable", zap.Error(err))
-		return h.fail(w, r, errIdentityDown)
-	}
-	s, apiErr := h.startSession(r, c, t)
-	if apiErr != nil {
-		return h.fail(w, r, apiErr)
+	s, err := h.signIn(w, r, c, errLoginFlow, func(ctx context.Context) (*upstream.Tokens, error) {
+		return o.client.Exchange(ctx, q.Get("code"), st.Verifier, o.redirectFor(r, g.prefix))
+	})
+	if s == nil {
+		return err
 	}
 	g.setCookie(w, s)
 	requests.inc("endpoint")

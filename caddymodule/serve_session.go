@@ -435,20 +435,26 @@ func takeCookie(h http.Header, name string) (value string, conflict bool) {
 
 // inject sets x-site-context, the identity placeholders and the identity headers.
 func (h *Handler) inject(r *http.Request, id *tokens.Identity, site sitecontext.Result) {
-	if site.Value != "" {
-		r.Header[sitecontext.Header] = []string{site.Value}
-		if h.v3Headers {
-			r.Header[sitecontext.TenantHeader] = []string{site.Account}
-			if site.Channel != 0 {
-				r.Header[sitecontext.ChannelHeader] = []string{strconv.Itoa(site.Channel)}
-			}
-		}
-	}
+	setSite(r.Header, &site, h.v3Headers)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	setIdentity(repl, id, site.Account)
 	for name, tmpl := range h.IdentityHeaders {
 		if v := headerValue(repl.ReplaceKnown(tmpl, "")); v != "" {
 			r.Header.Set(name, v)
+		}
+	}
+}
+
+// setSite sets x-site-context, and with v3 the x-fabric-tenant-id and x-fabric-channel-id pair.
+func setSite(h http.Header, site *sitecontext.Result, v3 bool) {
+	if site.Value == "" {
+		return
+	}
+	h[sitecontext.Header] = []string{site.Value}
+	if v3 {
+		h[sitecontext.TenantHeader] = []string{site.Account}
+		if site.Channel != 0 {
+			h[sitecontext.ChannelHeader] = []string{strconv.Itoa(site.Channel)}
 		}
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"math"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -289,7 +288,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		site = &built
 	}
-	s.setSite(r.Header, site)
+	setSite(r.Header, site, s.v3Headers)
 	if _, own := r.Header["Authorization"]; own && s.KeepAuthorization {
 		serviceRequests.inc("passthrough")
 		return next.ServeHTTP(w, r)
@@ -332,20 +331,6 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	r.Header["Authorization"] = s.bearerFor(fresh)
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	return next.ServeHTTP(w, r)
-}
-
-// setSite sets x-site-context (and the v3 pair when configured).
-func (s *Service) setSite(h http.Header, site *sitecontext.Result) {
-	if site.Value == "" {
-		return
-	}
-	h[sitecontext.Header] = []string{site.Value}
-	if s.v3Headers {
-		h[sitecontext.TenantHeader] = []string{site.Account}
-		if site.Channel != 0 {
-			h[sitecontext.ChannelHeader] = []string{strconv.Itoa(site.Channel)}
-		}
-	}
 }
 
 // bearerFor returns the Authorization header value of token, built once per token.

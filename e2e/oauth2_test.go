@@ -956,7 +956,7 @@ func (e *oaEnv) testPKCE(t *testing.T) {
 
 	// A's code with B's state and B's cookie: the state checks out, so sitegate exchanges A's
 	// code with B's verifier, and Identity refuses it (PKCE).
-	refusedByIdentity := []string{`"msg":"sign-in callback refused by identity"`}
+	refusedByIdentity := []string{`"msg":"sign-in refused by identity"`}
 	before := e.logCount(t, refusedByIdentity...)
 	cross := e.callbackWith(url.Values{"code": {a.code}, "state": {bs.state}})
 	e.loginFailed(t, b.do(t, "GET", cross, http.Header{"Cookie": {oaLoginCookie + "=" + bs.stateCookie}}, ""))

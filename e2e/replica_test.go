@@ -491,12 +491,12 @@ func (c *cluster) exists(t *testing.T, prefix, id string) bool {
 	return n == 1
 }
 
-// metric returns the value of one series of an instance's /metrics (0 when absent).
-func metric(t *testing.T, in *instance, series string) float64 {
+// metric returns the value of one series of the /metrics of the site at base (0 when absent).
+func metric(t *testing.T, base, series string) float64 {
 	t.Helper()
-	r := do("GET", in.main+"/metrics", nil, "")
+	r := do("GET", base+"/metrics", nil, "")
 	if r.err != nil || r.status != http.StatusOK {
-		t.Fatalf("metrics of %s: %v %d", in.name, r.err, r.status)
+		t.Fatalf("metrics of %s: %v %d", base, r.err, r.status)
 	}
 	for _, line := range strings.Split(r.body, "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
@@ -513,7 +513,7 @@ func metric(t *testing.T, in *instance, series string) float64 {
 // sumMetric is a series summed over both instances.
 func (c *cluster) sumMetric(t *testing.T, series string) float64 {
 	t.Helper()
-	return metric(t, c.a, series) + metric(t, c.b, series)
+	return metric(t, c.a.main, series) + metric(t, c.b.main, series)
 }
 
 // jwtExp reads a JWT's exp, unverified.

@@ -374,25 +374,6 @@ func readLog(p *process) []byte {
 	return b
 }
 
-// metricAt returns the value of one series of a sidecar process's /metrics (0 when absent).
-func metricAt(t *testing.T, sc *sidecar, series string) float64 {
-	t.Helper()
-	r := do("GET", sc.main+"/metrics", nil, "")
-	if r.err != nil || r.status != http.StatusOK {
-		t.Fatalf("metrics of %s: %v %d", sc.name, r.err, r.status)
-	}
-	for _, line := range strings.Split(r.body, "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("metric line %q: %v", line, err)
-			}
-			return f
-		}
-	}
-	return 0
-}
-
 // ccCalls is the fleet emulator's client_credentials call count since the start.
 func (e *sidecarEnv) ccCalls(t *testing.T) int {
 	t.Helper()
@@ -736,7 +717,7 @@ func (e *sidecarEnv) testReplay(t *testing.T) {
 	e.up.take()
 	replays := map[string]float64{}
 	for _, sc := range e.procs {
-		replays[sc.name] = metricAt(t, sc, "sitegate_service_401_replays_total")
+		replays[sc.name] = metric(t, sc.main, "sitegate_service_401_replays_total")
 	}
 	calls := func() int { return e.slow.calls(t).Calls[ccGrant] }
 	c0 := calls()
@@ -800,7 +781,7 @@ func (e *sidecarEnv) testReplay(t *testing.T) {
 		t.Errorf("%d fetches for three replicas' 401s on the same token; want 1", n)
 	}
 	for _, sc := range e.procs {
-		if got := metricAt(t, sc, "sitegate_service_401_replays_total"); got != replays[sc.name]+1 {
+		if got := metric(t, sc.main, "sitegate_service_401_replays_total"); got != replays[sc.name]+1 {
 			t.Errorf("%s: sitegate_service_401_replays_total went from %v to %v; want one more", sc.name, replays[sc.name], got)
 		}
 	}
@@ -810,14 +791,14 @@ func (e *sidecarEnv) testReplay(t *testing.T) {
 	if n := calls() - c0; n != 1 {
 		t.Errorf("%d fetches after the rate-limited 401s; want still 1", n)
 	}
-	if got := metricAt(t, e.a, "sitegate_service_401_replays_total"); got != replays["a"]+1 {
+	if got := metric(t, e.a.main, "sitegate_service_401_replays_total"); got != replays["a"]+1 {
 		t.Errorf("a rate-limited 401 counted as a replay")
 	}
 	// A 401 for a token fetched less than 10s ago stands even where no fetch was ever forced:
 	// the fleet's 4s tokens are never replaced for a 401.
-	mainReplays := metricAt(t, e.a, "sitegate_service_401_replays_total")
+	mainReplays := metric(t, e.a.main, "sitegate_service_401_replays_total")
 	refusedThrough(t, do("GET", e.a.main+"/once401/young", nil, ""), "/once401/young", "", 0)
-	if got := metricAt(t, e.a, "sitegate_service_401_replays_total"); got != mainReplays {
+	if got := metric(t, e.a.main, "sitegate_service_401_replays_total"); got != mainReplays {
 		t.Errorf("a 401 for a token younger than 10s was replayed")
 	}
 	e.dump = e.redisDump(t)
@@ -844,7 +825,7 @@ func (e *sidecarEnv) testIdentityOutage(t *testing.T) {
 	}
 	unavailable := map[string]float64{}
 	for _, sc := range e.procs {
-		unavailable[sc.name] = metricAt(t, sc, `sitegate_service_requests_total{outcome="identity_unavailable"}`)
+		unavailable[sc.name] = metric(t, sc.main, `sitegate_service_requests_total{outcome="identity_unavailable"}`)
 	}
 	n0 := len(e.issued.all(ccGrant))
 	e.id.fault(t, `{"endpoint":"`+ccGrant+`","status":503}`)
@@ -949,7 +930,7 @@ func (e *sidecarEnv) testIdentityOutage(t *testing.T) {
 		}
 		t.Logf("instance %s: last 503 Retry-After %ss, recovered %v after Identity", sc.name,
 			last503.r.header.Get("Retry-After"), recoveredAt.Sub(clearedAt).Round(time.Millisecond))
-		if got := metricAt(t, sc, `sitegate_service_requests_total{outcome="identity_unavailable"}`); got <= unavailable[sc.name] {
+		if got := metric(t, sc.main, `sitegate_service_requests_total{outcome="identity_unavailable"}`); got <= unavailable[sc.name] {
 			t.Errorf("%s: sitegate_service_requests_total{outcome=\"identity_unavailable\"} did not grow", sc.name)
 		}
 	}
@@ -962,7 +943,7 @@ func (e *sidecarEnv) testIdentityOutage(t *testing.T) {
 			attempts, outage.Round(time.Millisecond), failed, len(e.procs), most)
 	}
 	t.Logf("outage of %v: %d token calls, %d requests answered 503", outage.Round(time.Millisecond), attempts, failed)
-	if n := metricAt(t, e.a, `sitegate_service_token_fetches_total{dialect="oauth2",result="unavailable"}`); n == 0 {
+	if n := metric(t, e.a.main, `sitegate_service_token_fetches_total{dialect="oauth2",result="unavailable"}`); n == 0 {
 		t.Error(`no sitegate_service_token_fetches_total{dialect="oauth2",result="unavailable"}`)
 	}
 }
@@ -1117,7 +1098,7 @@ func (e *sidecarEnv) testHeaders(t *testing.T) {
 		// Without one, the keep_authorization site adds the service token.
 		serviceToken(t, p+"/keep-none", forwarded(t, sc.keep, p+"/keep-none", spoofed))
 	}
-	if n := metricAt(t, e.a, `sitegate_service_requests_total{outcome="passthrough"}`); n < 1 {
+	if n := metric(t, e.a.main, `sitegate_service_requests_total{outcome="passthrough"}`); n < 1 {
 		t.Error(`sitegate_service_requests_total{outcome="passthrough"} did not count the kept Authorization`)
 	}
 }
@@ -1185,7 +1166,7 @@ func (e *sidecarEnv) testServiceUser(t *testing.T) {
 	if got := use(t, "/v1user/refreshed"); got != e.issued.last("v1.refresh").access {
 		t.Errorf("the service user site does not send the refreshed token")
 	}
-	if n := metricAt(t, e.a, `sitegate_service_token_fetches_total{dialect="fabric_v1",result="ok"}`); n < 3 {
+	if n := metric(t, e.a.main, `sitegate_service_token_fetches_total{dialect="fabric_v1",result="ok"}`); n < 3 {
 		t.Errorf(`sitegate_service_token_fetches_total{dialect="fabric_v1",result="ok"} is %v`, n)
 	}
 }

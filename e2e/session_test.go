@@ -522,7 +522,7 @@ func (c *cluster) testIdentityRejects(t *testing.T) {
 func (c *cluster) testReplay(t *testing.T) {
 	c.id.reset(t)
 	c.up.take()
-	replays := metric(t, c.a, "sitegate_upstream_401_replays_total")
+	replays := metric(t, c.a.main, "sitegate_upstream_401_replays_total")
 	s := c.login(t, c.a.main, "demo", false)
 	post := func(in *instance, path, body string) resp {
 		h := s.cred()
@@ -550,7 +550,7 @@ func (c *cluster) testReplay(t *testing.T) {
 	if calls := c.id.calls(t); calls.Calls["v1.refresh"] != 1 || calls.RefreshTokenReuse != 0 {
 		t.Errorf("calls: %+v, want one refresh", calls)
 	}
-	if d := metric(t, c.a, "sitegate_upstream_401_replays_total") - replays; d != 1 {
+	if d := metric(t, c.a.main, "sitegate_upstream_401_replays_total") - replays; d != 1 {
 		t.Errorf("upstream_401_replays_total rose by %v, want 1", d)
 	}
 	fresh := reqs[1].bearer()
@@ -589,7 +589,7 @@ func (c *cluster) testReplay(t *testing.T) {
 func (c *cluster) testLogout(t *testing.T) {
 	c.id.reset(t)
 	c.up.take()
-	logouts := metric(t, c.a, `sitegate_sessions_deleted_total{reason="logout"}`)
+	logouts := metric(t, c.a.main, `sitegate_sessions_deleted_total{reason="logout"}`)
 	s := c.login(t, c.a.main, "demo", false)
 	c.ok(t, c.get(t, c.b.main+"/orders", s, nil))
 
@@ -608,7 +608,7 @@ func (c *cluster) testLogout(t *testing.T) {
 	if c.exists(t, "sitegate:", s.id) {
 		t.Error("the session is still in Redis after logout")
 	}
-	if d := metric(t, c.a, `sitegate_sessions_deleted_total{reason="logout"}`) - logouts; d != 1 {
+	if d := metric(t, c.a.main, `sitegate_sessions_deleted_total{reason="logout"}`) - logouts; d != 1 {
 		t.Errorf("sessions_deleted_total{reason=logout} rose by %v, want 1", d)
 	}
 }
@@ -850,7 +850,7 @@ func (c *cluster) testRedisOutage(t *testing.T) {
 		c.id.reset(t)
 		c.up.take()
 		s := c.loginNear(t, c.a.main, "demo", 4*time.Second)
-		saveErrors := metric(t, c.a, `sitegate_session_store_errors_total{op="save"}`)
+		saveErrors := metric(t, c.a.main, `sitegate_session_store_errors_total{op="save"}`)
 		c.id.fault(t, `{"endpoint":"v1.refresh","latency":"600ms"}`)
 		done := make(chan resp, 1)
 		go func() { done <- do("GET", c.a.main+"/orders/during-pause", s.cred(), "") }()
@@ -873,7 +873,7 @@ func (c *cluster) testRedisOutage(t *testing.T) {
 		if r.status != http.StatusOK {
 			t.Fatalf("request during the pause: %d %s", r.status, r.body)
 		}
-		if metric(t, c.a, `sitegate_session_store_errors_total{op="save"}`) == saveErrors {
+		if metric(t, c.a.main, `sitegate_session_store_errors_total{op="save"}`) == saveErrors {
 			t.Error("no save failed: the pause missed the refresh, so the test proves nothing")
 		}
 		reqs := c.up.take()
