@@ -80,7 +80,7 @@ func respond(w http.ResponseWriter, r *http.Request, e *apiError, handleErrors b
 		}
 		w.Header().Set("WWW-Authenticate", challenge)
 	case http.StatusBadRequest:
-		if e.code == "INVALID_REQUEST" {
+		if e == errInvalidRequest || e == errTwoCredentials { // about the credentials, not a body or a redirect target
 			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="sitegate", error="invalid_request", error_description=%q`, e.message))
 		}
 	case http.StatusServiceUnavailable:

@@ -1008,8 +1008,8 @@ func (e *oaEnv) testOpenRedirects(t *testing.T) {
 		"/.sitegate/callback#x",
 	} {
 		r := b.do(t, "GET", e.loginURL(rd), nil, "")
-		if r.status != http.StatusBadRequest || r.header.Get("Location") != "" {
-			t.Errorf("rd %q: %d to %q, want 400 and no redirect", rd, r.status, r.header.Get("Location"))
+		if r.status != http.StatusBadRequest || r.header.Get("Location") != "" || r.header.Get("WWW-Authenticate") != "" {
+			t.Errorf("rd %q: %d to %q (challenge %q), want 400, no redirect and no bearer challenge", rd, r.status, r.header.Get("Location"), r.header.Get("WWW-Authenticate"))
 			continue
 		}
 		apiError(t, r.status, r.body, http.StatusBadRequest, "INVALID_REQUEST")
