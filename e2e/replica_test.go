@@ -720,6 +720,19 @@ func newSessUpstream(t *testing.T) *sessUpstream {
 	return u
 }
 
+// answered checks that r is the upstream's 200 and returns the one request it received for it.
+func (u *sessUpstream) answered(t *testing.T, r resp) seen {
+	t.Helper()
+	if r.status != http.StatusOK || r.body != "upstream" {
+		t.Fatalf("want the upstream's 200, got %d %s", r.status, r.body)
+	}
+	reqs := u.take()
+	if len(reqs) != 1 {
+		t.Fatalf("the upstream got %d requests, want 1", len(reqs))
+	}
+	return reqs[0]
+}
+
 // take returns the requests received since the last call.
 func (u *sessUpstream) take() []seen {
 	u.mu.Lock()
