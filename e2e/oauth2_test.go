@@ -356,29 +356,6 @@ type oaFront struct {
 	calls []oaCall
 }
 
-type oaTap struct {
-	http.ResponseWriter
-	status int
-	buf    bytes.Buffer
-}
-
-func (w *oaTap) WriteHeader(status int) {
-	if w.status == 0 {
-		w.status = status
-	}
-	w.ResponseWriter.WriteHeader(status)
-}
-
-func (w *oaTap) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	w.buf.Write(b)
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *oaTap) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 func startOAFront(t *testing.T, emu string) *oaFront {
 	t.Helper()
 	target, err := url.Parse(emu)
@@ -400,7 +377,7 @@ func startOAFront(t *testing.T, emu string) *oaFront {
 			r.Body = io.NopCloser(bytes.NewReader(b))
 			form, _ = url.ParseQuery(string(b))
 		}
-		tw := &oaTap{ResponseWriter: w}
+		tw := &tapWriter{ResponseWriter: w}
 		defer func() { // also when the proxy aborts
 			f.mu.Lock()
 			f.calls = append(f.calls, oaCall{path: r.URL.Path, form: form, status: tw.status, body: tw.buf.String()})

@@ -548,20 +548,51 @@ type identityServer struct {
 
 var jwtPattern = regexp.MustCompile(`eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+`)
 
-// tapWriter copies what the emulator writes.
+// tapWriter copies what the emulator writes, and its status.
 type tapWriter struct {
 	http.ResponseWriter
-	buf bytes.Buffer
+	status int
+	buf    bytes.Buffer
+}
+
+func (w *tapWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
 }
 
 func (w *tapWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
 	w.buf.Write(b)
 	return w.ResponseWriter.Write(b)
 }
 
 func (w *tapWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter } // Hijack, for drop faults
 
-func startIdentity(t *testing.T, cfg emulator.Config) *identityServer {
+// tokenAnswer is an identity answer's tokens, in the field names of every dialect.
+type tokenAnswer struct {
+	OAuthAccess  string `json:"access_token"`
+	OAuthRefresh string `json:"refresh_token"`
+	V1Access     string `json:"accessToken"`
+	V1Refresh    string `json:"refreshToken"`
+	ECE          string `json:"token"`
+}
+
+// identityCall is an identity call the emulator answered: when it started, its status and the
+// tokens it answered.
+type identityCall struct {
+	r      *http.Request
+	start  time.Time
+	status int
+	tokens tokenAnswer
+}
+
+// startIdentity serves the emulator and keeps every token it hands out; observe, when given,
+// sees every call but the control API's.
+func startIdentity(t *testing.T, cfg emulator.Config, observe ...func(identityCall)) *identityServer {
 	t.Helper()
 	emu, err := emulator.New(cfg, nil)
 	if err != nil {
@@ -569,23 +600,29 @@ func startIdentity(t *testing.T, cfg emulator.Config) *identityServer {
 	}
 	s := &identityServer{emu: emu, issued: map[string]bool{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		tw := &tapWriter{ResponseWriter: w}
 		emu.ServeHTTP(tw, r)
 		if strings.HasPrefix(r.URL.Path, emulator.ControlPrefix) {
 			return
 		}
-		var body struct {
-			AccessToken string `json:"accessToken"`
-			Token       string `json:"token"`
-		}
-		_ = json.Unmarshal(tw.buf.Bytes(), &body)
+		var a tokenAnswer
+		_ = json.Unmarshal(tw.buf.Bytes(), &a)
 		s.mu.Lock()
-		defer s.mu.Unlock()
 		for _, tok := range jwtPattern.FindAllString(tw.buf.String(), -1) {
 			s.issued[tok] = true
 		}
-		if a := body.AccessToken + body.Token; a != "" {
-			s.access = append(s.access, a)
+		for _, tok := range []string{a.OAuthAccess, a.OAuthRefresh, a.V1Access, a.V1Refresh, a.ECE} {
+			if tok != "" {
+				s.issued[tok] = true // opaque ones too
+			}
+		}
+		if access := a.OAuthAccess + a.V1Access + a.ECE; access != "" {
+			s.access = append(s.access, access)
+		}
+		s.mu.Unlock()
+		for _, f := range observe {
+			f(identityCall{r: r, start: start, status: tw.status, tokens: a})
 		}
 	}))
 	t.Cleanup(srv.Close)

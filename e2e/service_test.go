@@ -4,7 +4,6 @@ package e2e
 // front of Identity emulators and the recording upstream that run in this test process.
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -12,7 +11,6 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"sort"
@@ -153,77 +151,25 @@ func (l *issueLog) find(token string) (issue, bool) {
 	return issue{}, false
 }
 
-// statusTap copies what the emulator writes, and its status.
-type statusTap struct {
-	http.ResponseWriter
-	status int
-	buf    bytes.Buffer
-}
-
-func (w *statusTap) WriteHeader(status int) {
-	w.status = status
-	w.ResponseWriter.WriteHeader(status)
-}
-
-func (w *statusTap) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	w.buf.Write(b)
-	return w.ResponseWriter.Write(b)
-}
-
-func (w *statusTap) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 // startTappedIdentity is startIdentity that also logs every token call with its time.
 func startTappedIdentity(t *testing.T, cfg emulator.Config) (*identityServer, *issueLog) {
 	t.Helper()
-	emu, err := emulator.New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &identityServer{emu: emu, issued: map[string]bool{}}
 	log := &issueLog{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		tw := &statusTap{ResponseWriter: w}
-		emu.ServeHTTP(tw, r)
-		if strings.HasPrefix(r.URL.Path, emulator.ControlPrefix) {
-			return
-		}
-		var body struct {
-			OAuthAccess  string `json:"access_token"`
-			OAuthRefresh string `json:"refresh_token"`
-			V1Access     string `json:"accessToken"`
-			V1Refresh    string `json:"refreshToken"`
-		}
-		_ = json.Unmarshal(tw.buf.Bytes(), &body)
-		s.mu.Lock()
-		for _, tok := range jwtPattern.FindAllString(tw.buf.String(), -1) {
-			s.issued[tok] = true
-		}
-		for _, tok := range []string{body.OAuthAccess, body.OAuthRefresh, body.V1Access, body.V1Refresh} {
-			if tok != "" {
-				s.issued[tok] = true
-			}
-		}
-		s.mu.Unlock()
+	s := startIdentity(t, cfg, func(c identityCall) {
 		kind := ""
-		switch {
-		case strings.HasSuffix(r.URL.Path, "/v1/token"):
+		switch p := c.r.URL.Path; {
+		case strings.HasSuffix(p, "/v1/token"):
 			kind = ccGrant // the only grant the sidecars use
-		case strings.HasSuffix(r.URL.Path, "/auth/local/login"):
+		case strings.HasSuffix(p, "/auth/local/login"):
 			kind = "v1.login"
-		case strings.HasSuffix(r.URL.Path, "/auth/local/refresh"):
+		case strings.HasSuffix(p, "/auth/local/refresh"):
 			kind = "v1.refresh"
 		default:
 			return
 		}
-		log.add(issue{kind: kind, start: start, at: time.Now(), status: tw.status,
-			access: body.OAuthAccess + body.V1Access, refresh: body.OAuthRefresh + body.V1Refresh})
-	}))
-	t.Cleanup(srv.Close)
-	s.url = srv.URL
+		log.add(issue{kind: kind, start: c.start, at: time.Now(), status: c.status,
+			access: c.tokens.OAuthAccess + c.tokens.V1Access, refresh: c.tokens.OAuthRefresh + c.tokens.V1Refresh})
+	})
 	return s, log
 }
 

@@ -140,22 +140,28 @@ func (c *caller) call(ctx context.Context, method, path string, header http.Head
 	for k, vs := range header {
 		req.Header[k] = vs
 	}
-	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.do(req, path)
+}
+
+// do sends req, named what in errors, and reads its answer, capped at maxAnswer; without an
+// answer it returns an ErrUnavailable *Error, which names what and the cause, never the body or
+// headers.
+func (c *caller) do(req *http.Request, what string) (*answer, error) {
+	req.Header.Set("Accept", "application/json")
 	res, err := c.client.Do(req)
 	if err != nil {
-		// The error names the URL and the cause, never the body or headers.
-		return nil, &Error{kind: ErrUnavailable, reason: "calling " + path + ": " + causeOf(err)}
+		return nil, &Error{kind: ErrUnavailable, reason: "calling " + what + ": " + causeOf(err)}
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(res.Body, maxAnswer+1))
 	if err != nil {
-		return nil, &Error{kind: ErrUnavailable, Status: res.StatusCode, reason: "reading the answer: " + causeOf(err)}
+		return nil, &Error{kind: ErrUnavailable, Status: res.StatusCode, reason: "reading the answer of " + what + ": " + causeOf(err)}
 	}
 	if len(b) > maxAnswer {
-		return nil, &Error{kind: ErrUnavailable, Status: res.StatusCode, reason: "answer larger than 256 KiB"}
+		return nil, &Error{kind: ErrUnavailable, Status: res.StatusCode, reason: "answer of " + what + " larger than 256 KiB"}
 	}
 	return &answer{status: res.StatusCode, header: res.Header, body: b}, nil
 }

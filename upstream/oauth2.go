@@ -438,24 +438,11 @@ func (c *OAuth2) send(ctx context.Context, what, endpoint string, form url.Value
 	if err != nil {
 		return nil, &Error{kind: ErrUnavailable, reason: "building the request to " + what}
 	}
-	req.Header.Set("Accept", "application/json")
 	if form != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		if c.secret != "" {
 			req.SetBasicAuth(url.QueryEscape(c.id), url.QueryEscape(c.secret))
 		}
 	}
-	res, err := c.c.client.Do(req)
-	if err != nil {
-		return nil, &Error{kind: ErrUnavailable, reason: "calling " + what + ": " + causeOf(err)}
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(res.Body, maxAnswer+1))
-	if err != nil {
-		return nil, &Error{kind: ErrUnavailable, Status: res.StatusCode, reason: "reading the answer of " + what + ": " + causeOf(err)}
-	}
-	if len(b) > maxAnswer {
-		return nil, &Error{kind: ErrUnavailable, Status: res.StatusCode, reason: "answer of " + what + " larger than 256 KiB"}
-	}
-	return &answer{status: res.StatusCode, header: res.Header, body: b}, nil
+	return c.c.do(req, what)
 }
